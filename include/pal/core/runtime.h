@@ -1,0 +1,46 @@
+// LibTorch runtime settings and facts about the build and the machine.
+//
+// Debian's LibTorch starts with one intra-op thread, so every PAL tool sets the thread
+// count explicitly through configure_threads().
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace pal {
+
+struct ThreadOptions {
+  int intra_op = 0;  // intra-op (parallel-for) threads; 0 = every core of the machine
+  int inter_op = 0;  // inter-op threads; 0 = leave LibTorch's default
+};
+
+// Applies `options` to LibTorch. The inter-op count can only be set once per process,
+// before any parallel work; a second attempt is ignored with a warning. Throws
+// pal::ConfigError on negative counts.
+void configure_threads(const ThreadOptions& options);
+
+// Number of cores this process may run on (sched affinity, at least 1).
+int available_cores();
+
+struct CudaDevice {
+  int index = 0;
+  std::string name;          // e.g. "NVIDIA H100 80GB HBM3"
+  double memory_gib = 0;     // total device memory
+  int major = 0, minor = 0;  // compute capability
+};
+
+struct RuntimeInfo {
+  std::string pal_version;      // this library's version, "MAJOR.MINOR.PATCH"
+  std::string torch_version;    // LibTorch the library was compiled against
+  bool torch_cuda_build = false;  // LibTorch was built with CUDA support
+  bool cuda_available = false;    // a CUDA device is usable now
+  std::vector<CudaDevice> cuda_devices;
+  int intra_op_threads = 0;
+  int inter_op_threads = 0;
+  std::string blas;  // BLAS library actually loaded in this process (resolved path)
+};
+
+// Collects RuntimeInfo for the running process.
+RuntimeInfo runtime_info();
+
+}  // namespace pal
