@@ -6,7 +6,7 @@
 
 #include <cstdlib>
 
-#include "logger.h"
+#include "log.h"
 #include "pal/core/error.h"
 
 namespace pal {
@@ -40,12 +40,16 @@ std::shared_ptr<spdlog::logger> make_logger() {
   return logger;
 }
 
-}  // namespace
-
 spdlog::logger& logger() {
   static std::shared_ptr<spdlog::logger> instance = make_logger();
   return *instance;
 }
+
+}  // namespace
+
+namespace detail {
+bool log_enabled(LogLevel level) { return logger().should_log(to_spdlog(level)); }
+}  // namespace detail
 
 LogLevel parse_log_level(const std::string& name) {
   if (name == "trace") return LogLevel::trace;

@@ -1,5 +1,6 @@
 #include "pal/core/runtime.h"
 
+#include <ATen/Version.h>
 #include <ATen/Parallel.h>
 #include <sched.h>
 #include <torch/cuda.h>
@@ -16,7 +17,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #endif
 
-#include "logger.h"
+#include "log.h"
 #include "pal/core/error.h"
 #include "pal/version.h"
 
@@ -47,36 +48,52 @@ void configure_threads(const ThreadOptions& options) {
         at::set_num_interop_threads(options.inter_op);
         applied = true;
       } catch (const std::exception& e) {
-        logger().warn("inter-op thread count not changed: {}", e.what());
+        detail::log_warn("inter-op thread count not changed: ", e.what());
       }
     });
-    if (!applied) logger().debug("inter-op thread count can be set only once per process");
+    if (!applied) detail::log_debug("inter-op thread count can be set only once per process");
   }
-  logger().debug("LibTorch threads: intra-op {}, inter-op {}", at::get_num_threads(),
-                 at::get_num_interop_threads());
+  detail::log_debug("LibTorch threads: intra-op ", at::get_num_threads(), ", inter-op ",
+                    at::get_num_interop_threads());
 }
 
 namespace {
 
-// The BLAS that the dynamic loader actually mapped, resolved through symlinks (Debian
-// selects libblas.so.3 through update-alternatives: reference BLAS or OpenBLAS).
-std::string loaded_blas() {
+// The CPU BLAS in use: the interface LibTorch was built for (its BLAS_INFO) and the
+// libraries the dynamic loader actually mapped, resolved through symlinks (Debian picks
+// libblas.so.3 through update-alternatives: the slow reference BLAS or OpenBLAS).
+std::string cpu_blas() {
+  std::string build = "unknown";
+  const std::string config = at::show_config();
+  size_t at_key = config.find("BLAS_INFO=");
+  if (at_key != std::string::npos) {
+    size_t begin = at_key + 10;
+    build = config.substr(begin, config.find_first_of(", \n", begin) - begin);
+  }
   std::ifstream maps("/proc/self/maps");
-  std::set<std::string> found;
+  std::set<std::string> loaded;
   for (std::string line; std::getline(maps, line);) {
     size_t slash = line.find('/');
     if (slash == std::string::npos) continue;
     std::string path = line.substr(slash);
     std::string file = path.substr(path.rfind('/') + 1);
-    if (file.find("blas") == std::string::npos && file.find("mkl_core") == std::string::npos &&
-        file.find("mkl_rt") == std::string::npos)
-      continue;
+    bool cpu_blas = file.rfind("libblas", 0) == 0 || file.rfind("libopenblas", 0) == 0 ||
+                    file.rfind("libmkl_", 0) == 0 || file.rfind("libblis", 0) == 0 ||
+                    file.rfind("libflexiblas", 0) == 0;
+    if (!cpu_blas) continue;
     char resolved[PATH_MAX];
-    found.insert(realpath(path.c_str(), resolved) ? std::string(resolved) : path);
+    loaded.insert(realpath(path.c_str(), resolved) ? std::string(resolved) : path);
   }
-  std::string out;
-  for (const auto& f : found) out += (out.empty() ? "" : ", ") + f;
-  return out.empty() ? "none loaded (LibTorch uses its own kernels)" : out;
+  std::string out = build;
+  if (loaded.empty()) return out + " (linked into LibTorch)";
+  out += "; loaded:";
+  bool reference = false;
+  for (const auto& f : loaded) {
+    out += " " + f;
+    reference = reference || f.find("/blas/libblas") != std::string::npos;
+  }
+  if (reference) out += " (reference BLAS, slow: install libopenblas0-pthread)";
+  return out;
 }
 
 }  // namespace
@@ -100,7 +117,7 @@ RuntimeInfo runtime_info() {
 #endif
   info.intra_op_threads = at::get_num_threads();
   info.inter_op_threads = at::get_num_interop_threads();
-  info.blas = loaded_blas();
+  info.blas = cpu_blas();
   return info;
 }
 

@@ -37,7 +37,7 @@ struct RuntimeInfo {
   std::vector<CudaDevice> cuda_devices;
   int intra_op_threads = 0;
   int inter_op_threads = 0;
-  std::string blas;  // BLAS library actually loaded in this process (resolved path)
+  std::string blas;  // CPU BLAS: LibTorch's BLAS_INFO and the libraries loaded for it
 };
 
 // Collects RuntimeInfo for the running process.
