@@ -119,10 +119,18 @@ AUDIO_CLIPS = [
     },
     {
         "stem": "chirp_16k_float", "ext": "wav", "package": None, "sources": [],
-        "what": "linear sine sweep 100 Hz -> 7000 Hz, 1.5 s, peak 0.5, 16 kHz mono, 32-bit float",
+        "what": "linear sine sweep 100 Hz -> 7000 Hz, 1.5 s, peak 0.5, plus white noise peaking at -20 dBFS "
+                "(so that, as in any recording, no spectral bin sits at float32 rounding noise), "
+                "16 kHz mono, 32-bit float",
         "licence": "synthesized here; no rights claimed",
-        "commands": [SOX + ["-r", "16000", "-c", "1", "-n", "-b", "32", "-e", "floating-point", "{out}",
-                            "synth", "1.5", "sine", "100:7000", "gain", "-n", "-6.0206"]],
+        "commands": [
+            SOX + ["-r", "16000", "-c", "1", "-n", "-b", "32", "-e", "floating-point", "{tmp}/sweep.wav",
+                   "synth", "1.5", "sine", "100:7000", "gain", "-n", "-6.0206"],
+            SOX + ["-r", "16000", "-c", "1", "-n", "-b", "32", "-e", "floating-point", "{tmp}/noise.wav",
+                   "synth", "1.5", "whitenoise", "gain", "-n", "-20"],
+            SOX + ["-m", "-v", "1", "{tmp}/sweep.wav", "-v", "1", "{tmp}/noise.wav",
+                   "-b", "32", "-e", "floating-point", "{out}"],
+        ],
     },
     {
         "stem": "tone_11k_u8", "ext": "wav", "package": None, "sources": [],

@@ -6,7 +6,7 @@
 // mel energies of ~1e-7, where float32 FFT rounding decides the value (two FFT libraries
 // differ by up to ~0.01 there on a pure synthetic chirp); those elements are compared
 // with an absolute tolerance of 0.02 instead. (Exact digital silence gives exactly the
-// floor in both; the synthetic chirp carries -60 dB white noise so that its spectrum is
+// floor in both; the synthetic chirp carries white noise at -20 dBFS so that its spectrum is
 // above the floor, as real recordings are.)
 #include <gtest/gtest.h>
 #include <torch/torch.h>
