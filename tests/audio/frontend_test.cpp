@@ -171,3 +171,32 @@ TEST(FrontendConfig, OptionsLoadFromYaml) {
 
 }  // namespace
 }  // namespace pal::audio
+
+namespace pal::audio {
+namespace {
+
+// The CPU path (chunked loops) and the generic path (whole-batch tensor ops, used on CUDA)
+// compute the same features.
+TEST(FrontendPaths, CpuAndGenericAgree) {
+  PaddedBatch b = padded_batch({16000, 5000, 12345});
+  for (bool pad : {false, true}) {
+    WhisperMelOptions o;
+    o.pad_to_30s = pad;
+    WhisperMelFrontend whisper(o);
+    Features cpu = whisper(b.waveforms, b.lengths), generic = whisper.forward_generic(b.waveforms, b.lengths);
+    EXPECT_TRUE(torch::equal(cpu.lengths, generic.lengths));
+    EXPECT_LE((cpu.values - generic.values).abs().max().item<double>(), 1e-5);
+  }
+  for (KaldiFbankOptions o : {KaldiFbankOptions(), KaldiFbankOptions::ast(), KaldiFbankOptions::eat()}) {
+    o.target_frames = o.target_frames ? 120 : 0;
+    KaldiFbankFrontend fbank(o);
+    Features cpu = fbank(b.waveforms, b.lengths), generic = fbank.forward_generic(b.waveforms, b.lengths);
+    EXPECT_TRUE(torch::equal(cpu.lengths, generic.lengths));
+    // Relative to the features' range (as the parity tests): the paths sum in different orders.
+    EXPECT_LE((cpu.values - generic.values).abs().max().item<double>() / generic.values.abs().max().item<double>(),
+              1e-4);
+  }
+}
+
+}  // namespace
+}  // namespace pal::audio

@@ -21,12 +21,17 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "pal/core/config.h"
 
 namespace pal::audio {
+
+namespace detail {
+struct SparseFilterBank;
+}
 
 struct Features {
   at::Tensor values;   // [B, T, n_mels] float32
@@ -48,8 +53,12 @@ class WhisperMelFrontend {
   static constexpr int64_t kNfft = 400, kHop = 160, kSamples30s = 480000, kFrames30s = 3000;
 
   explicit WhisperMelFrontend(const WhisperMelOptions& options = {}, c10::Device device = c10::kCPU);
+  // On CPU: one frame chunk at a time (its working set stays in cache), chunks spread
+  // over LibTorch's intra-op threads. On other devices: forward_generic.
   Features operator()(const at::Tensor& waveforms, const at::Tensor& lengths) const;
   Features operator()(const at::Tensor& waveform) const;
+  // The same computation in whole-batch tensor ops, on any device (the CUDA path).
+  Features forward_generic(const at::Tensor& waveforms, const at::Tensor& lengths) const;
 
   // Valid output frames for a clip of `samples` samples.
   int64_t frames(int64_t samples) const;
@@ -58,9 +67,12 @@ class WhisperMelFrontend {
   void to(c10::Device device);
 
  private:
+  Features forward_cpu(const at::Tensor& waveforms, const at::Tensor& lengths) const;
+
   WhisperMelOptions options_;
   at::Tensor window_;       // [400]
   at::Tensor mel_filters_;  // [n_mels, 201]
+  std::shared_ptr<const detail::SparseFilterBank> sparse_filters_;
 };
 
 struct KaldiFbankOptions {
@@ -108,8 +120,11 @@ class KaldiFbankFrontend {
   static constexpr int64_t kWindow = 400, kShift = 160, kPaddedWindow = 512;
 
   explicit KaldiFbankFrontend(const KaldiFbankOptions& options = {}, c10::Device device = c10::kCPU);
+  // CPU: chunked and threaded as WhisperMelFrontend; other devices: forward_generic.
   Features operator()(const at::Tensor& waveforms, const at::Tensor& lengths) const;
   Features operator()(const at::Tensor& waveform) const;
+  // The same computation in whole-batch tensor ops, on any device (the CUDA path).
+  Features forward_generic(const at::Tensor& waveforms, const at::Tensor& lengths) const;
 
   int64_t frames(int64_t samples) const;  // valid frames before pad/crop
   const KaldiFbankOptions& options() const { return options_; }
@@ -117,9 +132,13 @@ class KaldiFbankFrontend {
   void to(c10::Device device);
 
  private:
+  Features forward_cpu(const at::Tensor& waveforms, const at::Tensor& lengths) const;
+  Features finish(at::Tensor values, std::vector<int64_t> valid) const;  // pad/crop, normalise
+
   KaldiFbankOptions options_;
   at::Tensor window_;     // [400]
   at::Tensor mel_banks_;  // [n_mels, 257]
+  std::shared_ptr<const detail::SparseFilterBank> sparse_banks_;
 };
 
 }  // namespace pal::audio
