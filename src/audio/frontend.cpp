@@ -111,6 +111,20 @@ at::Tensor frame_mask(const std::vector<int64_t>& valid, int64_t frames, c10::De
   return t.unsqueeze(0) < lengths_tensor(valid, device).unsqueeze(1);
 }
 
+// Signal length per example after the optional pad/trim to 30 s; each must be longer
+// than the reflect padding of n_fft / 2.
+std::vector<int64_t> whisper_signal_lengths(const Batch& in, bool pad_to_30s) {
+  const int64_t half = WhisperMelFrontend::kNfft / 2;
+  std::vector<int64_t> samples;
+  for (size_t i = 0; i < in.lengths.size(); ++i) {
+    samples.push_back(pad_to_30s ? WhisperMelFrontend::kSamples30s : in.lengths[i]);
+    if (samples.back() <= half)
+      throw ModelError("whisper_mel: example " + std::to_string(i) + " has " + std::to_string(in.lengths[i]) +
+                       " samples; at least " + std::to_string(half + 1) + " (12.6 ms) are needed");
+  }
+  return samples;
+}
+
 // Work items of the CPU path: `count` frames of one example starting at `first`.
 struct FrameChunk {
   int64_t example, first, count;
@@ -198,14 +212,9 @@ Features WhisperMelFrontend::forward_cpu(const at::Tensor& waveforms, const at::
   Batch in = check_batch("whisper_mel", waveforms, lengths, c10::kCPU);
   at::Tensor x = in.waveforms.contiguous();
   const int64_t batch = x.size(0), stride = x.size(1), half = kNfft / 2, n_mels = options_.n_mels;
-  std::vector<int64_t> samples(batch), valid(batch);
-  for (int64_t i = 0; i < batch; ++i) {
-    samples[i] = options_.pad_to_30s ? kSamples30s : in.lengths[i];
-    if (samples[i] <= half)
-      throw ModelError("whisper_mel: example " + std::to_string(i) + " has " + std::to_string(in.lengths[i]) +
-                       " samples; at least " + std::to_string(half + 1) + " (12.6 ms) are needed");
-    valid[i] = samples[i] / kHop;
-  }
+  const std::vector<int64_t> samples = whisper_signal_lengths(in, options_.pad_to_30s);
+  std::vector<int64_t> valid(batch);
+  for (int64_t i = 0; i < batch; ++i) valid[i] = samples[i] / kHop;
   const int64_t frames_out = *std::max_element(valid.begin(), valid.end());
   at::Tensor out = at::zeros({batch, frames_out, n_mels}, at::kFloat);
   const float* wave = x.data_ptr<float>();
@@ -265,15 +274,8 @@ Features WhisperMelFrontend::forward_generic(const at::Tensor& waveforms, const 
 
   // Each example: its own samples (padded with zeros or trimmed to 30 s when asked),
   // reflect-padded by n_fft/2 at both ends as torch.stft(center=True) does.
-  std::vector<int64_t> samples(batch);
-  int64_t longest = 0;
-  for (int64_t i = 0; i < batch; ++i) {
-    samples[i] = options_.pad_to_30s ? kSamples30s : in.lengths[i];
-    if (samples[i] <= half)
-      throw ModelError("whisper_mel: example " + std::to_string(i) + " has " + std::to_string(in.lengths[i]) +
-                       " samples; at least " + std::to_string(half + 1) + " (12.6 ms) are needed");
-    longest = std::max(longest, samples[i]);
-  }
+  const std::vector<int64_t> samples = whisper_signal_lengths(in, options_.pad_to_30s);
+  const int64_t longest = *std::max_element(samples.begin(), samples.end());
   at::Tensor padded = at::zeros({batch, longest + kNfft}, in.waveforms.options());
   for (int64_t i = 0; i < batch; ++i) {
     at::Tensor x = in.waveforms[i].narrow(0, 0, std::min(in.lengths[i], samples[i]));
@@ -349,6 +351,14 @@ int64_t KaldiFbankFrontend::frames(int64_t samples) const {
   return samples < kWindow ? 0 : 1 + (samples - kWindow) / kShift;
 }
 
+int64_t KaldiFbankFrontend::valid_frames(int64_t example, int64_t samples) const {
+  const int64_t n = frames(samples);
+  if (n == 0 && options_.target_frames == 0)
+    throw ModelError("kaldi_fbank: example " + std::to_string(example) + " has " + std::to_string(samples) +
+                     " samples; a frame needs " + std::to_string(kWindow) + " (25 ms)");
+  return n;
+}
+
 Features KaldiFbankFrontend::operator()(const at::Tensor& waveform) const {
   if (waveform.dim() != 1) throw ModelError("kaldi_fbank: a single waveform must be [samples]");
   return (*this)(waveform.unsqueeze(0), at::full({1}, waveform.size(0), at::kLong));
@@ -366,10 +376,7 @@ Features KaldiFbankFrontend::forward_cpu(const at::Tensor& waveforms, const at::
   std::vector<float> offset(batch, 0.0f);  // the clip mean, when it is removed
   const float* wave = x.data_ptr<float>();
   for (int64_t i = 0; i < batch; ++i) {
-    valid[i] = frames(in.lengths[i]);
-    if (valid[i] == 0 && options_.target_frames == 0)
-      throw ModelError("kaldi_fbank: example " + std::to_string(i) + " has " + std::to_string(in.lengths[i]) +
-                       " samples; a frame needs " + std::to_string(kWindow) + " (25 ms)");
+    valid[i] = valid_frames(i, in.lengths[i]);
     if (options_.remove_waveform_mean && in.lengths[i] > 0)
       offset[i] = x[i].narrow(0, 0, in.lengths[i]).mean().item<float>();
   }
@@ -429,12 +436,7 @@ Features KaldiFbankFrontend::forward_generic(const at::Tensor& waveforms, const 
   Batch in = check_batch("kaldi_fbank", waveforms, lengths, device);
   const int64_t batch = in.waveforms.size(0);
   std::vector<int64_t> valid(batch);
-  for (int64_t i = 0; i < batch; ++i) {
-    valid[i] = frames(in.lengths[i]);
-    if (valid[i] == 0 && options_.target_frames == 0)
-      throw ModelError("kaldi_fbank: example " + std::to_string(i) + " has " + std::to_string(in.lengths[i]) +
-                       " samples; a frame needs " + std::to_string(kWindow) + " (25 ms)");
-  }
+  for (int64_t i = 0; i < batch; ++i) valid[i] = valid_frames(i, in.lengths[i]);
   at::Tensor x = in.waveforms;
   if (options_.remove_waveform_mean) {
     x = x.clone();

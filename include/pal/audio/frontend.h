@@ -134,6 +134,7 @@ class KaldiFbankFrontend {
  private:
   Features forward_cpu(const at::Tensor& waveforms, const at::Tensor& lengths) const;
   Features finish(at::Tensor values, std::vector<int64_t> valid) const;  // pad/crop, normalise
+  int64_t valid_frames(int64_t example, int64_t samples) const;         // frames(), or why none
 
   KaldiFbankOptions options_;
   at::Tensor window_;     // [400]
