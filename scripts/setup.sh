@@ -104,6 +104,8 @@ fi
 
 # ---- configure + build ---------------------------------------------------------------------
 jobs=${PAL_JOBS:-$(nproc)}
+# Let ccache cache sources compiled with the tests' precompiled header.
+export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
 log "configuring $build_dir"
 mkdir -p "$(dirname "$build_dir")"
 cmake -S "$root" -B "$build_dir" "${cmake_args[@]}" >"$build_dir.configure.log" 2>&1 ||
