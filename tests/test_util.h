@@ -72,6 +72,8 @@ inline CommandResult run_command(const std::string& command) {
 }
 
 // Folder of committed test data (tests/fixtures).
-inline std::filesystem::path fixtures() { return PAL_TEST_FIXTURES; }
+inline std::filesystem::path fixtures() {
+  return PAL_TEST_FIXTURES;
+}
 
 }  // namespace pal::test

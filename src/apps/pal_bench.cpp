@@ -52,7 +52,8 @@ struct FrontendArgs {
 
 std::optional<nlohmann::json> run_reference(const FrontendArgs& a, int threads) {
   char cmd[2048];
-  std::snprintf(cmd, sizeof cmd, "%s %s --threads %d --batch %d --seconds %g --min-time %g --json 2>/dev/null",
+  std::snprintf(cmd, sizeof cmd,
+                "%s %s --threads %d --batch %d --seconds %g --min-time %g --json 2>/dev/null",
                 a.python.c_str(), a.reference_script.c_str(), threads, a.batch, a.seconds, a.min_time);
   FILE* pipe = popen(cmd, "r");
   if (!pipe) return std::nullopt;
@@ -90,7 +91,8 @@ int bench_frontend(const FrontendArgs& a) {
         r["reference"] = *ref;
         r["whisper_mel_ratio_vs_reference"] =
             r["whisper_mel_x_realtime"].get<double>() / (*ref)["whisper_mel_x_realtime"].get<double>();
-        r["fbank_ratio_vs_torchaudio"] = r["fbank_x_realtime"].get<double>() / (*ref)["fbank_x_realtime"].get<double>();
+        r["fbank_ratio_vs_torchaudio"] =
+            r["fbank_x_realtime"].get<double>() / (*ref)["fbank_x_realtime"].get<double>();
       } else {
         r["reference"] = "unavailable: '" + a.python + " " + a.reference_script +
                          "' failed (needs python3 with torch and torchaudio)";
@@ -117,14 +119,17 @@ int bench_frontend(const FrontendArgs& a) {
   }
   std::printf("frontend throughput, x real time (%d clips of %g s per batch; %d cores)\n", a.batch, a.seconds,
               pal::available_cores());
-  std::printf("%-8s %14s %14s %14s %14s\n", "threads", "whisper_mel", "reference", "kaldi_fbank", "torchaudio");
+  std::printf("%-8s %14s %14s %14s %14s\n", "threads", "whisper_mel", "reference", "kaldi_fbank",
+              "torchaudio");
   for (const auto& r : results) {
     bool ref = r.contains("fbank_ratio_vs_torchaudio");
-    std::printf("%-8d %14.0f %14s %14.0f %14s\n", r["threads"].get<int>(), r["whisper_mel_x_realtime"].get<double>(),
-                ref ? std::to_string(static_cast<int>(r["reference"]["whisper_mel_x_realtime"].get<double>())).c_str()
-                    : "-",
-                r["fbank_x_realtime"].get<double>(),
-                ref ? std::to_string(static_cast<int>(r["reference"]["fbank_x_realtime"].get<double>())).c_str() : "-");
+    std::printf(
+        "%-8d %14.0f %14s %14.0f %14s\n", r["threads"].get<int>(), r["whisper_mel_x_realtime"].get<double>(),
+        ref ? std::to_string(static_cast<int>(r["reference"]["whisper_mel_x_realtime"].get<double>())).c_str()
+            : "-",
+        r["fbank_x_realtime"].get<double>(),
+        ref ? std::to_string(static_cast<int>(r["reference"]["fbank_x_realtime"].get<double>())).c_str()
+            : "-");
   }
   if (!one.contains("fbank_ratio_vs_torchaudio") && a.reference)
     std::printf("reference: %s\n", one["reference"].get<std::string>().c_str());
@@ -137,10 +142,12 @@ int main(int argc, char** argv) {
   CLI::App app{"pal-bench: PAL's throughput against a reference measured in the same run"};
   app.require_subcommand(1);
   FrontendArgs f;
-  auto* frontend = app.add_subcommand("frontend", "whisper_mel and kaldi_fbank, x real time, vs the Python references");
+  auto* frontend =
+      app.add_subcommand("frontend", "whisper_mel and kaldi_fbank, x real time, vs the Python references");
   frontend->add_option("--batch", f.batch, "clips per batch")->check(CLI::PositiveNumber);
   frontend->add_option("--seconds", f.seconds, "seconds per clip")->check(CLI::Range(0.1, 600.0));
-  frontend->add_option("--min-time", f.min_time, "seconds to measure each figure")->check(CLI::PositiveNumber);
+  frontend->add_option("--min-time", f.min_time, "seconds to measure each figure")
+      ->check(CLI::PositiveNumber);
   frontend->add_flag("--json", f.json, "print one JSON object");
   frontend->add_flag("!--no-reference", f.reference, "skip the Python reference");
   frontend->add_option("--python", f.python, "Python with torch and torchaudio for the reference");

@@ -65,7 +65,8 @@ int run(const Args& a) {
     compute = [frontend](const at::Tensor& w) { return (*frontend)(w); };
     options_yaml = pal::config::to_yaml(o);
   } else {
-    if (a.pad_to_30s) throw pal::ConfigError("--pad-to-30s applies to whisper_mel; use --target-frames for kaldi_fbank");
+    if (a.pad_to_30s)
+      throw pal::ConfigError("--pad-to-30s applies to whisper_mel; use --target-frames for kaldi_fbank");
     pal::audio::KaldiFbankOptions o = a.preset == "ast"   ? pal::audio::KaldiFbankOptions::ast()
                                       : a.preset == "eat" ? pal::audio::KaldiFbankOptions::eat()
                                                           : pal::audio::KaldiFbankOptions();
@@ -111,11 +112,14 @@ int main(int argc, char** argv) {
   double end = -1;
   app.add_option("inputs", a.inputs, "audio files (any format libsndfile reads)")->required();
   app.add_option("--frontend", a.frontend, "whisper_mel or kaldi_fbank")
-      ->required()->check(CLI::IsMember({"whisper_mel", "kaldi_fbank"}));
+      ->required()
+      ->check(CLI::IsMember({"whisper_mel", "kaldi_fbank"}));
   app.add_option("--out,-o", a.out, "output .safetensors file")->required();
-  app.add_option("--n-mels", a.n_mels, "mel bins (default: 80 whisper_mel, 128 kaldi_fbank)")->check(CLI::Range(1, 512));
+  app.add_option("--n-mels", a.n_mels, "mel bins (default: 80 whisper_mel, 128 kaldi_fbank)")
+      ->check(CLI::Range(1, 512));
   app.add_flag("--pad-to-30s", a.pad_to_30s, "whisper_mel: pad or trim every clip to 30 s (3000 frames)");
-  app.add_option("--preset", a.preset, "kaldi_fbank settings: ast (HF ASTFeatureExtractor), eat (EAT/SSLAM), none")
+  app.add_option("--preset", a.preset,
+                 "kaldi_fbank settings: ast (HF ASTFeatureExtractor), eat (EAT/SSLAM), none")
       ->check(CLI::IsMember({"none", "ast", "eat"}));
   app.add_option("--window", a.window, "kaldi_fbank window: hanning, povey, hamming, rectangular")
       ->check(CLI::IsMember({"hanning", "povey", "hamming", "rectangular"}));

@@ -33,10 +33,14 @@ std::string human_bytes(uint64_t bytes) {
 
 std::string human_count(uint64_t n) {
   char buf[32];
-  if (n >= 1000000000ull) std::snprintf(buf, sizeof buf, "%.2f B", n / 1e9);
-  else if (n >= 1000000ull) std::snprintf(buf, sizeof buf, "%.2f M", n / 1e6);
-  else if (n >= 1000ull) std::snprintf(buf, sizeof buf, "%.2f K", n / 1e3);
-  else std::snprintf(buf, sizeof buf, "%llu", static_cast<unsigned long long>(n));
+  if (n >= 1000000000ull)
+    std::snprintf(buf, sizeof buf, "%.2f B", n / 1e9);
+  else if (n >= 1000000ull)
+    std::snprintf(buf, sizeof buf, "%.2f M", n / 1e6);
+  else if (n >= 1000ull)
+    std::snprintf(buf, sizeof buf, "%.2f K", n / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%llu", static_cast<unsigned long long>(n));
   return buf;
 }
 
@@ -51,7 +55,9 @@ void print_runtime(bool json) {
   if (json) {
     nlohmann::json devices = nlohmann::json::array();
     for (const auto& d : info.cuda_devices)
-      devices.push_back({{"index", d.index}, {"name", d.name}, {"memory_gib", d.memory_gib},
+      devices.push_back({{"index", d.index},
+                         {"name", d.name},
+                         {"memory_gib", d.memory_gib},
                          {"compute_capability", std::to_string(d.major) + "." + std::to_string(d.minor)}});
     nlohmann::json j = {{"pal_version", info.pal_version},
                         {"torch_version", info.torch_version},
@@ -65,14 +71,15 @@ void print_runtime(bool json) {
     return;
   }
   std::printf("PAL        %s\n", info.pal_version.c_str());
-  std::printf("LibTorch   %s (%s build)\n", info.torch_version.c_str(), info.torch_cuda_build ? "CUDA" : "CPU-only");
+  std::printf("LibTorch   %s (%s build)\n", info.torch_version.c_str(),
+              info.torch_cuda_build ? "CUDA" : "CPU-only");
   if (!info.cuda_available) {
     std::printf("CUDA       not available\n");
   } else {
     std::printf("CUDA       %zu device(s)\n", info.cuda_devices.size());
     for (const auto& d : info.cuda_devices)
-      std::printf("  [%d]     %s, %.1f GiB, compute capability %d.%d\n", d.index, d.name.c_str(), d.memory_gib,
-                  d.major, d.minor);
+      std::printf("  [%d]     %s, %.1f GiB, compute capability %d.%d\n", d.index, d.name.c_str(),
+                  d.memory_gib, d.major, d.minor);
   }
   std::printf("threads    intra-op %d, inter-op %d\n", info.intra_op_threads, info.inter_op_threads);
   std::printf("BLAS       %s\n", info.blas.c_str());
@@ -118,10 +125,13 @@ void print_weights(const std::filesystem::path& path, bool json) {
   std::printf("%-*s  %-7s  %s\n", static_cast<int>(width), "name", "dtype", "shape");
   for (const auto& t : tensors)
     std::printf("%-*s  %-7s  %s\n", static_cast<int>(width), t["name"].get<std::string>().c_str(),
-                t["dtype"].get<std::string>().c_str(), shape_text(t["shape"].get<std::vector<int64_t>>()).c_str());
-  std::printf("\n%s: %zu tensors in %zu file(s)\n", path.string().c_str(), tensors.size(), checkpoint.files().size());
+                t["dtype"].get<std::string>().c_str(),
+                shape_text(t["shape"].get<std::vector<int64_t>>()).c_str());
+  std::printf("\n%s: %zu tensors in %zu file(s)\n", path.string().c_str(), tensors.size(),
+              checkpoint.files().size());
   if (!model_type.empty()) std::printf("model_type  %s\n", model_type.c_str());
-  std::printf("parameters  %llu (%s)\n", static_cast<unsigned long long>(params), human_count(params).c_str());
+  std::printf("parameters  %llu (%s)\n", static_cast<unsigned long long>(params),
+              human_count(params).c_str());
   std::printf("bytes       %llu (%s)\n", static_cast<unsigned long long>(bytes), human_bytes(bytes).c_str());
   for (const auto& [dtype, n] : per_dtype)
     std::printf("  %-8s  %llu parameters\n", dtype.c_str(), static_cast<unsigned long long>(n));
@@ -131,14 +141,17 @@ void print_weights(const std::filesystem::path& path, bool json) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"pal-info: the LibTorch build, devices and threads PAL runs on; the tensors a weights file holds"};
+  CLI::App app{
+      "pal-info: the LibTorch build, devices and threads PAL runs on; the tensors a weights file holds"};
   std::string path;
   bool json = false;
   int threads = 0;
   std::string log_level = "warn";
-  app.add_option("path", path, "a .safetensors file or a checkpoint folder (model.safetensors or sharded index)");
+  app.add_option("path", path,
+                 "a .safetensors file or a checkpoint folder (model.safetensors or sharded index)");
   app.add_flag("--json", json, "print one JSON object instead of text");
-  app.add_option("--threads", threads, "LibTorch intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0 = all cores)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off");
   app.footer("Exit codes: 0 success, 1 bad input (unreadable or malformed file), 2 bad usage.");
   try {
@@ -149,8 +162,10 @@ int main(int argc, char** argv) {
   try {
     pal::set_log_level(pal::parse_log_level(log_level));
     pal::configure_threads({threads, 0});
-    if (path.empty()) print_runtime(json);
-    else print_weights(path, json);
+    if (path.empty())
+      print_runtime(json);
+    else
+      print_weights(path, json);
   } catch (const pal::Error& e) {
     std::fprintf(stderr, "pal-info: error: %s\n", e.what());
     return 1;

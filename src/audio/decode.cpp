@@ -29,7 +29,8 @@ std::string format_name(int format) {
   if (sf_command(nullptr, SFC_GET_FORMAT_INFO, &major, sizeof major) == 0 && major.name) out = major.name;
   SF_FORMAT_INFO sub{};
   sub.format = format & SF_FORMAT_SUBMASK;
-  if (sf_command(nullptr, SFC_GET_FORMAT_INFO, &sub, sizeof sub) == 0 && sub.name) out += std::string(" / ") + sub.name;
+  if (sf_command(nullptr, SFC_GET_FORMAT_INFO, &sub, sizeof sub) == 0 && sub.name)
+    out += std::string(" / ") + sub.name;
   return out;
 }
 
@@ -44,7 +45,8 @@ SNDFILE* open_sndfile(const std::filesystem::path& file, SF_INFO& info) {
   if (!snd) fail(file, std::string(sf_strerror(nullptr)) + " (not a format libsndfile reads, or corrupt)");
   if (info.channels <= 0 || info.samplerate <= 0) {
     sf_close(snd);
-    fail(file, "header has " + std::to_string(info.channels) + " channels at " + std::to_string(info.samplerate) + " Hz");
+    fail(file, "header has " + std::to_string(info.channels) + " channels at " +
+                   std::to_string(info.samplerate) + " Hz");
   }
   return snd;
 }
@@ -62,8 +64,8 @@ void reject_truncated_data_chunk(const std::filesystem::path& file, SNDFILE* snd
   if (std::sscanf(line, "\ndata : %llu (should be %llu)", &declared, &actual) != 2) return;
   if (declared == 0 || declared >= 0xFFFFFFF0ull) return;
   if (declared > actual + static_cast<unsigned long long>(block_align)) {
-    fail(file, "truncated: its header declares " + std::to_string(declared) + " bytes of audio data but only " +
-                   std::to_string(actual) + " are in the file");
+    fail(file, "truncated: its header declares " + std::to_string(declared) +
+                   " bytes of audio data but only " + std::to_string(actual) + " are in the file");
   }
 }
 
@@ -115,7 +117,8 @@ AudioStream::AudioStream(const std::filesystem::path& file, const LoadOptions& o
   State& s = *state_;
   s.file = file;
   s.options = options;
-  if (options.sample_rate <= 0) fail(file, "output sample rate must be > 0, got " + std::to_string(options.sample_rate));
+  if (options.sample_rate <= 0)
+    fail(file, "output sample rate must be > 0, got " + std::to_string(options.sample_rate));
   if (options.chunk_frames <= 0) fail(file, "chunk_frames must be > 0");
   SF_INFO info;
   s.snd = open_sndfile(file, info);
@@ -147,7 +150,8 @@ AudioStream::AudioStream(const std::filesystem::path& file, const LoadOptions& o
     soxr_quality_spec_t quality = soxr_quality_spec(SOXR_HQ, 0);
     soxr_runtime_spec_t runtime = soxr_runtime_spec(1);
     s.soxr = soxr_create(s.info.sample_rate, options.sample_rate, 1, &err, nullptr, &quality, &runtime);
-    if (err || !s.soxr) fail(file, std::string("cannot create the resampler: ") + (err ? err : "unknown error"));
+    if (err || !s.soxr)
+      fail(file, std::string("cannot create the resampler: ") + (err ? err : "unknown error"));
   }
 }
 
@@ -155,7 +159,9 @@ AudioStream::~AudioStream() = default;
 AudioStream::AudioStream(AudioStream&&) noexcept = default;
 AudioStream& AudioStream::operator=(AudioStream&&) noexcept = default;
 
-const AudioInfo& AudioStream::info() const { return state_->info; }
+const AudioInfo& AudioStream::info() const {
+  return state_->info;
+}
 
 bool AudioStream::read(std::vector<float>& out) {
   State& s = *state_;
@@ -193,8 +199,10 @@ bool AudioStream::read(std::vector<float>& out) {
   }
   s.next_frame += got;
   s.frames_left -= got;
-  if (s.soxr) s.resample(s.mono.data(), s.mono.size(), out);
-  else out.insert(out.end(), s.mono.begin(), s.mono.end());
+  if (s.soxr)
+    s.resample(s.mono.data(), s.mono.size(), out);
+  else
+    out.insert(out.end(), s.mono.begin(), s.mono.end());
   return true;
 }
 

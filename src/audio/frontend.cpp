@@ -48,7 +48,9 @@ at::Tensor whisper_mel_filters(int n_mels) {
   return filters.to(at::kFloat);
 }
 
-double kaldi_mel(double hz) { return 1127.0 * std::log(1.0 + hz / 700.0); }
+double kaldi_mel(double hz) {
+  return 1127.0 * std::log(1.0 + hz / 700.0);
+}
 
 // ref: torchaudio.compliance.kaldi.get_mel_banks (no VTLN), padded with a zero column
 // for the Nyquist bin as fbank() does; returns [n_mels, 257].
@@ -65,7 +67,8 @@ at::Tensor kaldi_mel_banks(int n_mels, double low_freq, double high_freq) {
   at::Tensor banks = at::zeros({n_mels, n_fft_bins + 1}, at::kDouble);
   auto b = banks.accessor<double, 2>();
   for (int m = 0; m < n_mels; ++m) {
-    const double left = mel_low + m * delta, center = mel_low + (m + 1) * delta, right = mel_low + (m + 2) * delta;
+    const double left = mel_low + m * delta, center = mel_low + (m + 1) * delta,
+                 right = mel_low + (m + 2) * delta;
     for (int64_t k = 0; k < n_fft_bins; ++k) {
       const double mel = kaldi_mel(bin_width * k);
       const double up = (mel - left) / (center - left), down = (right - mel) / (right - center);
@@ -78,23 +81,25 @@ at::Tensor kaldi_mel_banks(int n_mels, double low_freq, double high_freq) {
 // ---- shared input handling -------------------------------------------------------------
 
 struct Batch {
-  at::Tensor waveforms;             // [B, N] float32 on the frontend's device
-  std::vector<int64_t> lengths;     // valid samples per example
+  at::Tensor waveforms;          // [B, N] float32 on the frontend's device
+  std::vector<int64_t> lengths;  // valid samples per example
 };
 
-Batch check_batch(const char* who, const at::Tensor& waveforms, const at::Tensor& lengths, c10::Device device) {
+Batch check_batch(const char* who, const at::Tensor& waveforms, const at::Tensor& lengths,
+                  c10::Device device) {
   if (waveforms.dim() != 2)
-    throw ModelError(std::string(who) + ": waveforms must be [batch, samples], got " + std::to_string(waveforms.dim()) +
-                     " dimensions");
+    throw ModelError(std::string(who) + ": waveforms must be [batch, samples], got " +
+                     std::to_string(waveforms.dim()) + " dimensions");
   if (lengths.dim() != 1 || lengths.size(0) != waveforms.size(0))
-    throw ModelError(std::string(who) + ": lengths must be [batch] with batch = " + std::to_string(waveforms.size(0)));
+    throw ModelError(std::string(who) +
+                     ": lengths must be [batch] with batch = " + std::to_string(waveforms.size(0)));
   Batch b;
   at::Tensor cpu_lengths = lengths.to(at::kCPU, at::kLong).contiguous();
   const int64_t* p = cpu_lengths.data_ptr<int64_t>();
   for (int64_t i = 0; i < cpu_lengths.size(0); ++i) {
     if (p[i] < 0 || p[i] > waveforms.size(1))
-      throw ModelError(std::string(who) + ": length " + std::to_string(p[i]) + " of example " + std::to_string(i) +
-                       " is outside [0, " + std::to_string(waveforms.size(1)) + "]");
+      throw ModelError(std::string(who) + ": length " + std::to_string(p[i]) + " of example " +
+                       std::to_string(i) + " is outside [0, " + std::to_string(waveforms.size(1)) + "]");
     b.lengths.push_back(p[i]);
   }
   b.waveforms = waveforms.to(device, at::kFloat);
@@ -134,7 +139,8 @@ constexpr int64_t kChunkFrames = 128;  // [128, 512] float frames: 256 KiB, cach
 std::vector<FrameChunk> frame_chunks(const std::vector<int64_t>& valid) {
   std::vector<FrameChunk> chunks;
   for (int64_t i = 0; i < static_cast<int64_t>(valid.size()); ++i)
-    for (int64_t f = 0; f < valid[i]; f += kChunkFrames) chunks.push_back({i, f, std::min(kChunkFrames, valid[i] - f)});
+    for (int64_t f = 0; f < valid[i]; f += kChunkFrames)
+      chunks.push_back({i, f, std::min(kChunkFrames, valid[i] - f)});
   return chunks;
 }
 
@@ -182,8 +188,10 @@ struct SparseFilterBank {
 
 // ---- Whisper log-mel ---------------------------------------------------------------------
 
-WhisperMelFrontend::WhisperMelFrontend(const WhisperMelOptions& options, c10::Device device) : options_(options) {
-  if (options.n_mels <= 0) throw ConfigError("whisper_mel: n_mels must be > 0, got " + std::to_string(options.n_mels));
+WhisperMelFrontend::WhisperMelFrontend(const WhisperMelOptions& options, c10::Device device)
+    : options_(options) {
+  if (options.n_mels <= 0)
+    throw ConfigError("whisper_mel: n_mels must be > 0, got " + std::to_string(options.n_mels));
   window_ = at::hann_window(kNfft, /*periodic=*/true, at::kFloat);
   mel_filters_ = whisper_mel_filters(options.n_mels);
   sparse_filters_ = std::make_shared<detail::SparseFilterBank>(mel_filters_);
@@ -286,9 +294,9 @@ Features WhisperMelFrontend::forward_generic(const at::Tensor& waveforms, const 
 
   const int64_t frames_out = longest / kHop;  // torch.stft gives longest/hop + 1; the last is dropped
   at::Tensor frames = padded.unfold(1, kNfft, kHop).narrow(1, 0, frames_out);  // [B, T, 400]
-  at::Tensor spectrum = at::fft_rfft(frames * window_, kNfft, -1);              // [B, T, 201]
+  at::Tensor spectrum = at::fft_rfft(frames * window_, kNfft, -1);             // [B, T, 201]
   at::Tensor power = at::real(spectrum).square() + at::imag(spectrum).square();
-  at::Tensor mel = at::matmul(power, mel_filters_.t());                          // [B, T, n_mels]
+  at::Tensor mel = at::matmul(power, mel_filters_.t());  // [B, T, n_mels]
   at::Tensor log_spec = at::clamp_min(mel, 1e-10).log10();
 
   std::vector<int64_t> valid(batch);
@@ -320,9 +328,12 @@ KaldiFbankOptions KaldiFbankOptions::eat() {
   return o;
 }
 
-KaldiFbankFrontend::KaldiFbankFrontend(const KaldiFbankOptions& options, c10::Device device) : options_(options) {
-  if (options.n_mels <= 0) throw ConfigError("kaldi_fbank: n_mels must be > 0, got " + std::to_string(options.n_mels));
-  if (options.norm_mean.has_value() != options.norm_std.has_value() || (options.norm_std && *options.norm_std <= 0))
+KaldiFbankFrontend::KaldiFbankFrontend(const KaldiFbankOptions& options, c10::Device device)
+    : options_(options) {
+  if (options.n_mels <= 0)
+    throw ConfigError("kaldi_fbank: n_mels must be > 0, got " + std::to_string(options.n_mels));
+  if (options.norm_mean.has_value() != options.norm_std.has_value() ||
+      (options.norm_std && *options.norm_std <= 0))
     throw ConfigError("kaldi_fbank: normalisation needs both norm_mean and norm_std > 0");
   // ref: torchaudio.compliance.kaldi._feature_window_function (symmetric windows).
   if (options.window == "hanning") {
@@ -423,8 +434,10 @@ Features KaldiFbankFrontend::forward_cpu(const at::Tensor& waveforms, const at::
 Features KaldiFbankFrontend::finish(at::Tensor out, std::vector<int64_t> valid) const {
   if (options_.target_frames > 0) {
     const int64_t target = options_.target_frames;
-    if (out.size(1) > target) out = out.narrow(1, 0, target);
-    else if (out.size(1) < target) out = at::constant_pad_nd(out, {0, 0, 0, target - out.size(1)}, 0.0);
+    if (out.size(1) > target)
+      out = out.narrow(1, 0, target);
+    else if (out.size(1) < target)
+      out = at::constant_pad_nd(out, {0, 0, 0, target - out.size(1)}, 0.0);
     for (auto& v : valid) v = std::min(v, target);
   }
   if (options_.norm_mean) out = (out - *options_.norm_mean) / (2.0 * *options_.norm_std);
@@ -449,7 +462,8 @@ Features KaldiFbankFrontend::forward_generic(const at::Tensor& waveforms, const 
   const int64_t longest_frames = *std::max_element(valid.begin(), valid.end());
   at::Tensor out;
   if (longest_frames > 0) {
-    at::Tensor frames = x.narrow(1, 0, kWindow + (longest_frames - 1) * kShift).unfold(1, kWindow, kShift);  // [B,T,400]
+    at::Tensor frames =
+        x.narrow(1, 0, kWindow + (longest_frames - 1) * kShift).unfold(1, kWindow, kShift);  // [B,T,400]
     if (options_.remove_dc_offset) frames = frames - frames.mean(-1, /*keepdim=*/true);
     if (options_.preemphasis != 0.0) {
       // x[j] - c * x[j-1], with x[-1] = x[0] (Kaldi's replicate padding)

@@ -15,12 +15,14 @@
 namespace pal {
 namespace {
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+  return std::strerror(errno);
+}
 
 std::filesystem::path temporary_name(const std::filesystem::path& target) {
   static std::atomic<unsigned> counter{0};
-  std::string name = "." + target.filename().string() + ".tmp-" + std::to_string(::getpid()) +
-                     "-" + std::to_string(counter.fetch_add(1));
+  std::string name = "." + target.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
+                     std::to_string(counter.fetch_add(1));
   return target.parent_path() / name;
 }
 
@@ -35,8 +37,7 @@ void fsync_folder(const std::filesystem::path& folder) {
 
 AtomicFile::AtomicFile(std::filesystem::path target)
     : target_(std::move(target)), temporary_(temporary_name(target_)) {
-  if (target_.filename().empty())
-    throw IoError("cannot write '" + target_.string() + "': not a file name");
+  if (target_.filename().empty()) throw IoError("cannot write '" + target_.string() + "': not a file name");
   fd_ = ::open(temporary_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0)
     throw IoError("cannot create '" + temporary_.string() + "' (to write '" + target_.string() +
@@ -64,8 +65,7 @@ void AtomicFile::write(const void* data, size_t size) {
 
 void AtomicFile::commit() {
   if (fd_ < 0) throw IoError("'" + target_.string() + "' was already committed");
-  if (::fsync(fd_) != 0)
-    throw IoError("cannot flush '" + temporary_.string() + "': " + errno_text());
+  if (::fsync(fd_) != 0) throw IoError("cannot flush '" + temporary_.string() + "': " + errno_text());
   int rc = ::close(fd_);
   fd_ = -1;
   if (rc != 0) throw IoError("cannot close '" + temporary_.string() + "': " + errno_text());

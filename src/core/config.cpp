@@ -25,9 +25,9 @@ struct Source {
 
 struct ReaderNode {
   std::shared_ptr<Source> source;
-  YAML::Node node;      // a mapping (or an empty one for an absent section)
-  YAML::Mark mark;      // where this mapping is (or its parent, when absent)
-  std::string path;     // dotted path of this mapping
+  YAML::Node node;              // a mapping (or an empty one for an absent section)
+  YAML::Mark mark;              // where this mapping is (or its parent, when absent)
+  std::string path;             // dotted path of this mapping
   std::set<std::string> asked;  // every key a field asked for
 };
 
@@ -69,7 +69,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
   for (size_t i = 1; i <= a.size(); ++i) {
     for (size_t j = 1; j <= b.size(); ++j) {
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1] ? 1 : 0)});
+      d[i][j] =
+          std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1] ? 1 : 0)});
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
         d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
@@ -107,8 +108,7 @@ std::string location(const Source& source, const std::string& path, const YAML::
 
 [[noreturn]] void fail(const Source& source, const std::string& path, const YAML::Mark& mark,
                        const std::string& message) {
-  throw ConfigError(location(source, path, mark) + ": " + (path.empty() ? "(root)" : path) +
-                    ": " + message);
+  throw ConfigError(location(source, path, mark) + ": " + (path.empty() ? "(root)" : path) + ": " + message);
 }
 
 std::string describe(const YAML::Node& node) {
@@ -124,7 +124,8 @@ std::string describe(const YAML::Node& node) {
 // Typed scalar parsing; each returns false when `text` is not of the type.
 bool parse_scalar(const std::string& text, bool& out) {
   static const std::vector<std::string> yes = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"};
-  static const std::vector<std::string> no = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"};
+  static const std::vector<std::string> no = {"false", "False", "FALSE", "no", "No",
+                                              "NO",    "off",   "Off",   "OFF"};
   if (std::find(yes.begin(), yes.end(), text) != yes.end()) return out = true, true;
   if (std::find(no.begin(), no.end(), text) != no.end()) return out = false, true;
   return false;
@@ -159,9 +160,18 @@ bool parse_scalar(const std::string& text, int64_t& out) {
 
 template <class T>
 const char* type_word();
-template <> const char* type_word<bool>() { return "true or false"; }
-template <> const char* type_word<int64_t>() { return "an integer"; }
-template <> const char* type_word<double>() { return "a number"; }
+template <>
+const char* type_word<bool>() {
+  return "true or false";
+}
+template <>
+const char* type_word<int64_t>() {
+  return "an integer";
+}
+template <>
+const char* type_word<double>() {
+  return "a number";
+}
 
 // Reads one scalar node as T (bool, int64_t or double), failing with the path.
 template <class T>
@@ -174,14 +184,14 @@ T scalar_as(const Source& source, const std::string& path, const YAML::Node& nod
   return value;
 }
 
-void check_number(const Source& source, const std::string& path, const YAML::Node& node,
-                  double x, const Rule& rule) {
+void check_number(const Source& source, const std::string& path, const YAML::Node& node, double x,
+                  const Rule& rule) {
   std::string why = rule.violation(x);
   if (!why.empty()) fail(source, path, node.Mark(), "value " + node.Scalar() + " is out of range: " + why);
 }
 
-void check_string(const Source& source, const std::string& path, const YAML::Node& node,
-                  const std::string& s, const Rule& rule) {
+void check_string(const Source& source, const std::string& path, const YAML::Node& node, const std::string& s,
+                  const Rule& rule) {
   std::string why = rule.violation(s);
   if (!why.empty()) fail(source, path, node.Mark(), why);
 }
@@ -192,8 +202,7 @@ T convert(const Source& source, const std::string& path, const YAML::Node& node,
   if constexpr (std::is_same_v<T, bool>) {
     return scalar_as<bool>(source, path, node);
   } else if constexpr (std::is_same_v<T, std::string>) {
-    if (!node.IsScalar())
-      fail(source, path, node.Mark(), "expected a string, got " + describe(node));
+    if (!node.IsScalar()) fail(source, path, node.Mark(), "expected a string, got " + describe(node));
     check_string(source, path, node, node.Scalar(), rule);
     return node.Scalar();
   } else if constexpr (std::is_integral_v<T>) {
@@ -222,7 +231,8 @@ std::string Rule::violation(double x) const {
   if (std::isnan(x)) return "must be a number, not NaN";
   std::string bounds;
   if (lo_) bounds += std::string(lo_open_ ? "> " : ">= ") + format_number(*lo_);
-  if (hi_) bounds += std::string(bounds.empty() ? "" : " and ") + (hi_open_ ? "< " : "<= ") + format_number(*hi_);
+  if (hi_)
+    bounds += std::string(bounds.empty() ? "" : " and ") + (hi_open_ ? "< " : "<= ") + format_number(*hi_);
   bool ok = (!lo_ || (lo_open_ ? x > *lo_ : x >= *lo_)) && (!hi_ || (hi_open_ ? x < *hi_ : x <= *hi_));
   return ok ? std::string() : "must be " + bounds;
 }
@@ -241,7 +251,9 @@ Reader::~Reader() = default;
 Reader::Reader(const Reader&) = default;
 Reader& Reader::operator=(const Reader&) = default;
 
-const std::string& Reader::path() const { return node_->path; }
+const std::string& Reader::path() const {
+  return node_->path;
+}
 
 namespace {
 
@@ -281,17 +293,39 @@ bool read_list(ReaderNode& n, std::string_view key, std::vector<T>& out, const R
 
 }  // namespace
 
-bool Reader::read(std::string_view k, bool& v, const Rule& r) { return read_one(*node_, k, v, r); }
-bool Reader::read(std::string_view k, int& v, const Rule& r) { return read_one(*node_, k, v, r); }
-bool Reader::read(std::string_view k, int64_t& v, const Rule& r) { return read_one(*node_, k, v, r); }
-bool Reader::read(std::string_view k, double& v, const Rule& r) { return read_one(*node_, k, v, r); }
-bool Reader::read(std::string_view k, float& v, const Rule& r) { return read_one(*node_, k, v, r); }
-bool Reader::read(std::string_view k, std::string& v, const Rule& r) { return read_one(*node_, k, v, r); }
-bool Reader::read(std::string_view k, std::vector<int>& v, const Rule& r) { return read_list(*node_, k, v, r); }
-bool Reader::read(std::string_view k, std::vector<int64_t>& v, const Rule& r) { return read_list(*node_, k, v, r); }
-bool Reader::read(std::string_view k, std::vector<double>& v, const Rule& r) { return read_list(*node_, k, v, r); }
-bool Reader::read(std::string_view k, std::vector<float>& v, const Rule& r) { return read_list(*node_, k, v, r); }
-bool Reader::read(std::string_view k, std::vector<std::string>& v, const Rule& r) { return read_list(*node_, k, v, r); }
+bool Reader::read(std::string_view k, bool& v, const Rule& r) {
+  return read_one(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, int& v, const Rule& r) {
+  return read_one(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, int64_t& v, const Rule& r) {
+  return read_one(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, double& v, const Rule& r) {
+  return read_one(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, float& v, const Rule& r) {
+  return read_one(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, std::string& v, const Rule& r) {
+  return read_one(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, std::vector<int>& v, const Rule& r) {
+  return read_list(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, std::vector<int64_t>& v, const Rule& r) {
+  return read_list(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, std::vector<double>& v, const Rule& r) {
+  return read_list(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, std::vector<float>& v, const Rule& r) {
+  return read_list(*node_, k, v, r);
+}
+bool Reader::read(std::string_view k, std::vector<std::string>& v, const Rule& r) {
+  return read_list(*node_, k, v, r);
+}
 
 namespace {
 
@@ -326,8 +360,10 @@ std::optional<size_t> Reader::enter_list(std::string_view key, const Rule& rule)
   auto node = lookup(*node_, key, rule);
   if (!node) return std::nullopt;
   std::string path = child_path(node_->path, key);
-  if (!node->IsSequence()) fail(*node_->source, path, node->Mark(), "expected a list, got " + describe(*node));
-  if (rule.wants_non_empty() && node->size() == 0) fail(*node_->source, path, node->Mark(), "must not be empty");
+  if (!node->IsSequence())
+    fail(*node_->source, path, node->Mark(), "expected a list, got " + describe(*node));
+  if (rule.wants_non_empty() && node->size() == 0)
+    fail(*node_->source, path, node->Mark(), "must not be empty");
   return node->size();
 }
 
@@ -353,7 +389,8 @@ void Reader::finish() const {
   std::set<std::string> seen;
   for (auto it = node_->node.begin(); it != node_->node.end(); ++it) {
     if (!it->first.IsScalar())
-      fail(*node_->source, node_->path, it->first.Mark(), "keys must be plain names, got " + describe(it->first));
+      fail(*node_->source, node_->path, it->first.Mark(),
+           "keys must be plain names, got " + describe(it->first));
     const std::string& key = it->first.Scalar();
     std::string path = child_path(node_->path, key);
     if (!seen.insert(key).second) fail(*node_->source, path, it->first.Mark(), "duplicate key");
@@ -443,8 +480,7 @@ void Document::apply_override(const std::string& assignment) {
       continue;
     }
     if (current.IsNull()) current = YAML::Node(YAML::NodeType::Map);
-    if (!current.IsMap())
-      throw bad("'" + normalized + "' is " + describe(current) + ", not a mapping");
+    if (!current.IsMap()) throw bad("'" + normalized + "' is " + describe(current) + ", not a mapping");
     normalized = child_path(normalized, seg);
     if (last) {
       current[seg] = value;
@@ -468,7 +504,9 @@ Reader Document::root() const {
 Writer::Writer() : state_(std::make_unique<detail::WriterState>()) {}
 Writer::~Writer() = default;
 
-std::string Writer::yaml() const { return std::string(state_->out.c_str()) + "\n"; }
+std::string Writer::yaml() const {
+  return std::string(state_->out.c_str()) + "\n";
+}
 
 namespace {
 
@@ -492,19 +530,41 @@ void Writer::begin_map(std::string_view key) {
   emit_key(state_->out, key);
   state_->out << YAML::BeginMap;
 }
-void Writer::end_map() { state_->out << YAML::EndMap; }
+void Writer::end_map() {
+  state_->out << YAML::EndMap;
+}
 void Writer::begin_list(std::string_view key) {
   emit_key(state_->out, key);
   state_->out << YAML::BeginSeq;
 }
-void Writer::end_list() { state_->out << YAML::EndSeq; }
+void Writer::end_list() {
+  state_->out << YAML::EndSeq;
+}
 
-void Writer::write(std::string_view key, bool v) { emit_key(state_->out, key); state_->out << (v ? "true" : "false"); }
-void Writer::write(std::string_view key, int v) { emit_key(state_->out, key); state_->out << v; }
-void Writer::write(std::string_view key, int64_t v) { emit_key(state_->out, key); state_->out << v; }
-void Writer::write(std::string_view key, double v) { emit_key(state_->out, key); state_->out << format_number(v); }
-void Writer::write(std::string_view key, float v) { emit_key(state_->out, key); state_->out << format_number(v); }
-void Writer::write(std::string_view key, const std::string& v) { emit_key(state_->out, key); emit_string(state_->out, v); }
+void Writer::write(std::string_view key, bool v) {
+  emit_key(state_->out, key);
+  state_->out << (v ? "true" : "false");
+}
+void Writer::write(std::string_view key, int v) {
+  emit_key(state_->out, key);
+  state_->out << v;
+}
+void Writer::write(std::string_view key, int64_t v) {
+  emit_key(state_->out, key);
+  state_->out << v;
+}
+void Writer::write(std::string_view key, double v) {
+  emit_key(state_->out, key);
+  state_->out << format_number(v);
+}
+void Writer::write(std::string_view key, float v) {
+  emit_key(state_->out, key);
+  state_->out << format_number(v);
+}
+void Writer::write(std::string_view key, const std::string& v) {
+  emit_key(state_->out, key);
+  emit_string(state_->out, v);
+}
 
 namespace {
 template <class T, class Emit>

@@ -22,9 +22,21 @@ void log(LogLevel level, const Args&... args) {
   log_message(level, text.str());
 }
 
-template <class... Args> void log_debug(const Args&... args) { log(LogLevel::debug, args...); }
-template <class... Args> void log_info(const Args&... args) { log(LogLevel::info, args...); }
-template <class... Args> void log_warn(const Args&... args) { log(LogLevel::warn, args...); }
-template <class... Args> void log_error(const Args&... args) { log(LogLevel::error, args...); }
+template <class... Args>
+void log_debug(const Args&... args) {
+  log(LogLevel::debug, args...);
+}
+template <class... Args>
+void log_info(const Args&... args) {
+  log(LogLevel::info, args...);
+}
+template <class... Args>
+void log_warn(const Args&... args) {
+  log(LogLevel::warn, args...);
+}
+template <class... Args>
+void log_error(const Args&... args) {
+  log(LogLevel::error, args...);
+}
 
 }  // namespace pal::detail

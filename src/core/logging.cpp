@@ -48,7 +48,9 @@ spdlog::logger& logger() {
 }  // namespace
 
 namespace detail {
-bool log_enabled(LogLevel level) { return logger().should_log(to_spdlog(level)); }
+bool log_enabled(LogLevel level) {
+  return logger().should_log(to_spdlog(level));
+}
 }  // namespace detail
 
 LogLevel parse_log_level(const std::string& name) {
@@ -61,7 +63,9 @@ LogLevel parse_log_level(const std::string& name) {
   throw ConfigError("unknown log level '" + name + "' (expected trace, debug, info, warn, error or off)");
 }
 
-void set_log_level(LogLevel level) { logger().set_level(to_spdlog(level)); }
+void set_log_level(LogLevel level) {
+  logger().set_level(to_spdlog(level));
+}
 
 void add_log_file(const std::string& path) {
   try {

@@ -1,7 +1,7 @@
 #include "pal/core/runtime.h"
 
-#include <ATen/Version.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <sched.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
@@ -110,8 +110,8 @@ RuntimeInfo runtime_info() {
   if (info.cuda_available) {
     for (int i = 0; i < static_cast<int>(torch::cuda::device_count()); ++i) {
       const cudaDeviceProp* p = at::cuda::getDeviceProperties(i);
-      info.cuda_devices.push_back({i, p->name, static_cast<double>(p->totalGlobalMem) / (1ull << 30),
-                                   p->major, p->minor});
+      info.cuda_devices.push_back(
+          {i, p->name, static_cast<double>(p->totalGlobalMem) / (1ull << 30), p->major, p->minor});
     }
   }
 #endif

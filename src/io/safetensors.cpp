@@ -101,10 +101,18 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& file) {
   return f;
 }
 
-const std::filesystem::path& SafetensorsFile::path() const { return mapping_->path; }
-const std::vector<TensorInfo>& SafetensorsFile::tensors() const { return mapping_->header.tensors; }
-const std::map<std::string, std::string>& SafetensorsFile::metadata() const { return mapping_->header.metadata; }
-bool SafetensorsFile::contains(const std::string& name) const { return mapping_->index.count(name) > 0; }
+const std::filesystem::path& SafetensorsFile::path() const {
+  return mapping_->path;
+}
+const std::vector<TensorInfo>& SafetensorsFile::tensors() const {
+  return mapping_->header.tensors;
+}
+const std::map<std::string, std::string>& SafetensorsFile::metadata() const {
+  return mapping_->header.metadata;
+}
+bool SafetensorsFile::contains(const std::string& name) const {
+  return mapping_->index.count(name) > 0;
+}
 
 const TensorInfo& SafetensorsFile::info(const std::string& name) const {
   auto it = mapping_->index.find(name);
@@ -124,7 +132,8 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   uint8_t* data = mapping_->base + mapping_->header.data_start + t.begin;
   if (reinterpret_cast<uintptr_t>(data) % dtype_size(t.dtype) == 0) {
     std::shared_ptr<const Mapping> keep = mapping_;
-    return at::from_blob(data, t.shape, [keep](void*) {}, options);
+    return at::from_blob(
+        data, t.shape, [keep](void*) {}, options);
   }
   at::Tensor copy = at::empty(t.shape, options);
   std::memcpy(copy.data_ptr(), data, t.nbytes());
@@ -141,7 +150,8 @@ constexpr const char* kSingleName = "model.safetensors";
 std::string folder_listing(const std::filesystem::path& folder) {
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(folder, ec)) names.push_back(e.path().filename().string());
+  for (const auto& e : std::filesystem::directory_iterator(folder, ec))
+    names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   std::string out;
   for (size_t i = 0; i < names.size() && i < 12; ++i) out += (i ? ", " : "") + names[i];
@@ -225,7 +235,9 @@ std::vector<std::string> SafetensorsCheckpoint::names() const {
   return out;
 }
 
-bool SafetensorsCheckpoint::contains(const std::string& name) const { return where_.count(name) > 0; }
+bool SafetensorsCheckpoint::contains(const std::string& name) const {
+  return where_.count(name) > 0;
+}
 
 const TensorInfo& SafetensorsCheckpoint::info(const std::string& name) const {
   auto it = where_.find(name);
@@ -260,20 +272,24 @@ std::vector<Prepared> prepare(const std::filesystem::path& file, const NamedTens
   std::vector<Prepared> out;
   for (const auto& [name, tensor] : tensors) {
     if (name.empty()) throw WeightsError(file.string() + ": a tensor has an empty name");
-    if (name == "__metadata__") throw WeightsError(file.string() + ": '__metadata__' is reserved, not a tensor name");
+    if (name == "__metadata__")
+      throw WeightsError(file.string() + ": '__metadata__' is reserved, not a tensor name");
     if (!names.insert(name).second) throw WeightsError(file.string() + ": tensor '" + name + "' given twice");
     if (!tensor.defined()) throw WeightsError(file.string() + ": tensor '" + name + "' is undefined");
     auto dtype = format_dtype(tensor.scalar_type());
     if (!dtype)
       throw WeightsError(file.string() + ": tensor '" + name + "' has dtype " +
-                         std::string(c10::toString(tensor.scalar_type())) + ", which safetensors cannot store");
+                         std::string(c10::toString(tensor.scalar_type())) +
+                         ", which safetensors cannot store");
     out.push_back({name, *dtype, tensor.detach().to(at::kCPU).contiguous()});
   }
   std::sort(out.begin(), out.end(), by_alignment);
   return out;
 }
 
-uint64_t byte_size(const at::Tensor& t) { return static_cast<uint64_t>(t.numel()) * t.element_size(); }
+uint64_t byte_size(const at::Tensor& t) {
+  return static_cast<uint64_t>(t.numel()) * t.element_size();
+}
 
 void write_prepared(const std::filesystem::path& file, const std::vector<Prepared>& tensors,
                     const std::map<std::string, std::string>& metadata) {

@@ -20,10 +20,10 @@ struct DTypeEntry {
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {DType::BOOL, "BOOL", 1}, {DType::U8, "U8", 1},     {DType::I8, "I8", 1},
-    {DType::I16, "I16", 2},   {DType::U16, "U16", 2},   {DType::I32, "I32", 4},
-    {DType::U32, "U32", 4},   {DType::I64, "I64", 8},   {DType::U64, "U64", 8},
-    {DType::F16, "F16", 2},   {DType::BF16, "BF16", 2}, {DType::F32, "F32", 4},
+    {DType::BOOL, "BOOL", 1}, {DType::U8, "U8", 1},           {DType::I8, "I8", 1},
+    {DType::I16, "I16", 2},   {DType::U16, "U16", 2},         {DType::I32, "I32", 4},
+    {DType::U32, "U32", 4},   {DType::I64, "I64", 8},         {DType::U64, "U64", 8},
+    {DType::F16, "F16", 2},   {DType::BF16, "BF16", 2},       {DType::F32, "F32", 4},
     {DType::F64, "F64", 8},   {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E5M2, "F8_E5M2", 1},
 };
 
@@ -51,14 +51,19 @@ uint64_t read_u64_le(const uint8_t* p) {
 // Reads a non-negative integer that fits uint64_t; false otherwise.
 bool as_u64(const nlohmann::json& j, uint64_t& out) {
   if (j.is_number_unsigned()) return out = j.get<uint64_t>(), true;
-  if (j.is_number_integer() && j.get<int64_t>() >= 0) return out = static_cast<uint64_t>(j.get<int64_t>()), true;
+  if (j.is_number_integer() && j.get<int64_t>() >= 0)
+    return out = static_cast<uint64_t>(j.get<int64_t>()), true;
   return false;
 }
 
 }  // namespace
 
-std::string_view dtype_name(DType dtype) { return entry(dtype).name; }
-size_t dtype_size(DType dtype) { return entry(dtype).size; }
+std::string_view dtype_name(DType dtype) {
+  return entry(dtype).name;
+}
+size_t dtype_size(DType dtype) {
+  return entry(dtype).size;
+}
 
 std::optional<DType> parse_dtype(std::string_view name) {
   for (const auto& e : kDTypes)
@@ -83,7 +88,8 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, con
   if (header_len > size - 8)
     fail(file, "header length " + std::to_string(header_len) + " runs past the end of the file (" +
                    std::to_string(size) + " bytes); truncated?");
-  if (header_len == 0 || data[8] != '{') fail(file, "header does not start with '{'; not a safetensors file?");
+  if (header_len == 0 || data[8] != '{')
+    fail(file, "header does not start with '{'; not a safetensors file?");
 
   const char* text = reinterpret_cast<const char*>(data + 8);
   // Detect duplicate top-level names, which a JSON object would silently collapse.
@@ -115,8 +121,7 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, con
     if (name == "__metadata__") {
       if (!value.is_object()) fail(file, "__metadata__ is not a JSON object");
       for (auto m = value.begin(); m != value.end(); ++m) {
-        if (!m.value().is_string())
-          fail(file, "__metadata__ entry '" + m.key() + "' is not a string");
+        if (!m.value().is_string()) fail(file, "__metadata__ entry '" + m.key() + "' is not a string");
         out.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -138,8 +143,10 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, con
     for (const auto& d : *shape_it) {
       uint64_t dim = 0;
       if (!as_u64(d, dim) || dim > static_cast<uint64_t>(INT64_MAX))
-        fail_tensor(file, name, "shape " + shape_it->dump() + " has a dimension that is not a non-negative integer");
-      if (dim != 0 && numel > UINT64_MAX / dim) fail_tensor(file, name, "shape " + shape_it->dump() + " overflows");
+        fail_tensor(file, name,
+                    "shape " + shape_it->dump() + " has a dimension that is not a non-negative integer");
+      if (dim != 0 && numel > UINT64_MAX / dim)
+        fail_tensor(file, name, "shape " + shape_it->dump() + " overflows");
       numel *= dim;
       info.shape.push_back(static_cast<int64_t>(dim));
     }
@@ -152,16 +159,19 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, con
         !as_u64((*off_it)[0], info.begin) || !as_u64((*off_it)[1], info.end))
       fail_tensor(file, name, "'data_offsets' must be two non-negative integers [begin, end]");
     if (info.end < info.begin)
-      fail_tensor(file, name, "data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
-                                  "] end before they begin");
+      fail_tensor(file, name,
+                  "data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
+                      "] end before they begin");
     if (info.end - info.begin != expected_bytes)
-      fail_tensor(file, name, "holds " + std::to_string(info.end - info.begin) + " bytes but dtype " +
-                                  std::string(dtype_name(info.dtype)) + " x shape " + shape_it->dump() +
-                                  " needs " + std::to_string(expected_bytes));
+      fail_tensor(file, name,
+                  "holds " + std::to_string(info.end - info.begin) + " bytes but dtype " +
+                      std::string(dtype_name(info.dtype)) + " x shape " + shape_it->dump() + " needs " +
+                      std::to_string(expected_bytes));
     if (info.end > data_size)
-      fail_tensor(file, name, "data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
-                                  ") run past the data buffer (" + std::to_string(data_size) +
-                                  " bytes); truncated file?");
+      fail_tensor(file, name,
+                  "data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
+                      ") run past the data buffer (" + std::to_string(data_size) +
+                      " bytes); truncated file?");
     out.tensors.push_back(std::move(info));
   }
 
@@ -174,18 +184,21 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size, con
   const TensorInfo* previous = nullptr;
   for (const auto& t : out.tensors) {
     if (t.begin < position)
-      fail_tensor(file, t.name, "data [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                                    ") overlaps tensor '" + previous->name + "' [" +
-                                    std::to_string(previous->begin) + ", " + std::to_string(previous->end) + ")");
+      fail_tensor(file, t.name,
+                  "data [" + std::to_string(t.begin) + ", " + std::to_string(t.end) + ") overlaps tensor '" +
+                      previous->name + "' [" + std::to_string(previous->begin) + ", " +
+                      std::to_string(previous->end) + ")");
     if (t.begin > position)
-      fail_tensor(file, t.name, "data starts at " + std::to_string(t.begin) + " but the previous tensor ends at " +
-                                    std::to_string(position) + " (a gap in the data buffer)");
+      fail_tensor(file, t.name,
+                  "data starts at " + std::to_string(t.begin) + " but the previous tensor ends at " +
+                      std::to_string(position) + " (a gap in the data buffer)");
     position = t.end;
     previous = &t;
   }
   if (position != data_size)
     fail(file, std::to_string(data_size - position) +
-                   " bytes at the end of the data buffer belong to no tensor (the file is longer than its header says)");
+                   " bytes at the end of the data buffer belong to no tensor (the file is longer than its "
+                   "header says)");
   return out;
 }
 

@@ -19,12 +19,14 @@ inline void write_audio(const std::filesystem::path& file, int format, int rate,
   info.channels = channels;
   info.format = format;
   SNDFILE* snd = sf_open(file.c_str(), SFM_WRITE, &info);
-  if (!snd) throw std::runtime_error("cannot write test audio " + file.string() + ": " + sf_strerror(nullptr));
+  if (!snd)
+    throw std::runtime_error("cannot write test audio " + file.string() + ": " + sf_strerror(nullptr));
   sf_writef_float(snd, interleaved.data(), static_cast<sf_count_t>(interleaved.size() / channels));
   sf_close(snd);
 }
 
-inline std::vector<float> sine(double hz, int rate, double seconds, double amplitude = 0.5, int channels = 1) {
+inline std::vector<float> sine(double hz, int rate, double seconds, double amplitude = 0.5,
+                               int channels = 1) {
   const auto frames = static_cast<size_t>(seconds * rate);
   std::vector<float> out(frames * channels);
   for (size_t i = 0; i < frames; ++i)

@@ -24,7 +24,8 @@ std::string load_error(const std::filesystem::path& file, const LoadOptions& opt
 }
 
 at::Tensor to_tensor(const std::vector<float>& v) {
-  return torch::from_blob(const_cast<float*>(v.data()), {static_cast<int64_t>(v.size())}, torch::kFloat).clone();
+  return torch::from_blob(const_cast<float*>(v.data()), {static_cast<int64_t>(v.size())}, torch::kFloat)
+      .clone();
 }
 
 struct FormatCase {
@@ -57,7 +58,8 @@ TEST(AudioDecode, ReadsEveryPcmWidthFloatFlacAndOgg) {
   at::Tensor got = load_audio(dir / "v.ogg");
   ASSERT_EQ(got.size(0), static_cast<int64_t>(source.size()));
   at::Tensor ref = to_tensor(source);
-  double correlation = (got * ref).sum().item<double>() / std::sqrt((got * got).sum().item<double>() * (ref * ref).sum().item<double>());
+  double correlation = (got * ref).sum().item<double>() /
+                       std::sqrt((got * got).sum().item<double>() * (ref * ref).sum().item<double>());
   EXPECT_GT(correlation, 0.99);
 }
 
@@ -93,7 +95,8 @@ TEST(AudioDecode, ResamplesToSixteenKilohertz) {
 
 TEST(AudioDecode, EightChannelsAt192kHz) {
   test::TempDir dir;
-  test::write_audio(dir / "hd.wav", SF_FORMAT_WAV | SF_FORMAT_PCM_24, 192000, 8, test::sine(1000, 192000, 0.5, 0.5, 8));
+  test::write_audio(dir / "hd.wav", SF_FORMAT_WAV | SF_FORMAT_PCM_24, 192000, 8,
+                    test::sine(1000, 192000, 0.5, 0.5, 8));
   AudioInfo info = probe_audio(dir / "hd.wav");
   EXPECT_EQ(info.channels, 8);
   EXPECT_EQ(info.sample_rate, 192000);
@@ -105,7 +108,8 @@ TEST(AudioDecode, EightChannelsAt192kHz) {
 
 TEST(AudioDecode, StreamsInBoundedChunksWithTheSameResult) {
   test::TempDir dir;
-  test::write_audio(dir / "long.flac", SF_FORMAT_FLAC | SF_FORMAT_PCM_16, 44100, 2, test::sine(300, 44100, 6.0, 0.3, 2));
+  test::write_audio(dir / "long.flac", SF_FORMAT_FLAC | SF_FORMAT_PCM_16, 44100, 2,
+                    test::sine(300, 44100, 6.0, 0.3, 2));
   at::Tensor whole = load_audio(dir / "long.flac");
   LoadOptions small;
   small.chunk_frames = 1000;
@@ -138,7 +142,8 @@ TEST(AudioDecode, WindowsSeekToStartAndClampEnd) {
 
   window.start = 2.5;
   window.end.reset();
-  expect_contains(load_error(dir / "ramp.wav", window), "window start 2.500 s is at or past the end of the audio (2.000 s)");
+  expect_contains(load_error(dir / "ramp.wav", window),
+                  "window start 2.500 s is at or past the end of the audio (2.000 s)");
   window.start = 1.0;
   window.end = 0.5;
   expect_contains(load_error(dir / "ramp.wav", window), "must be after its start");
@@ -159,8 +164,10 @@ TEST(AudioDecodeBadInput, MissingFolderTextAndEmpty) {
 
 TEST(AudioDecodeBadInput, TruncatedWavAndFlac) {
   test::TempDir dir;
-  test::write_audio(dir / "full.wav", SF_FORMAT_WAV | SF_FORMAT_PCM_16, kSampleRate, 1, test::sine(440, kSampleRate, 1.0));
-  test::write_audio(dir / "full.flac", SF_FORMAT_FLAC | SF_FORMAT_PCM_16, kSampleRate, 1, test::sine(440, kSampleRate, 1.0));
+  test::write_audio(dir / "full.wav", SF_FORMAT_WAV | SF_FORMAT_PCM_16, kSampleRate, 1,
+                    test::sine(440, kSampleRate, 1.0));
+  test::write_audio(dir / "full.flac", SF_FORMAT_FLAC | SF_FORMAT_PCM_16, kSampleRate, 1,
+                    test::sine(440, kSampleRate, 1.0));
   for (const char* name : {"wav", "flac"}) {
     SCOPED_TRACE(name);
     std::string bytes = read_file(dir / (std::string("full.") + name));
@@ -184,7 +191,8 @@ TEST(AudioDecodeBadInput, NanAndInfSamplesAreNamed) {
 
 TEST(AudioDecodeBadInput, SilenceIsValid) {
   test::TempDir dir;
-  test::write_audio(dir / "silent.wav", SF_FORMAT_WAV | SF_FORMAT_PCM_16, 22050, 1, std::vector<float>(22050, 0.0f));
+  test::write_audio(dir / "silent.wav", SF_FORMAT_WAV | SF_FORMAT_PCM_16, 22050, 1,
+                    std::vector<float>(22050, 0.0f));
   at::Tensor got = load_audio(dir / "silent.wav");
   EXPECT_NEAR(got.size(0), kSampleRate, 1);
   EXPECT_EQ(got.abs().max().item<float>(), 0.0f);

@@ -42,7 +42,8 @@ void expect_batch_matches_single(const Frontend& frontend, const std::vector<int
     at::Tensor a = batched.values[i].narrow(0, 0, valid), s = alone.values[0].narrow(0, 0, valid);
     EXPECT_LE((a - s).abs().max().item<double>(), 1e-5);
     if (batched.values.size(1) > valid) {  // frames past the example's end are zero
-      EXPECT_EQ(batched.values[i].narrow(0, valid, batched.values.size(1) - valid).abs().max().item<double>(), 0.0);
+      EXPECT_EQ(batched.values[i].narrow(0, valid, batched.values.size(1) - valid).abs().max().item<double>(),
+                0.0);
     }
   }
 }
@@ -153,8 +154,8 @@ TEST(KaldiFbank, RejectsBadOptions) {
 }
 
 TEST(FrontendConfig, OptionsLoadFromYaml) {
-  auto o = config::parse<KaldiFbankOptions>("window: povey\nn_mels: 80\nnormalize: true\nnorm_mean: -4\nnorm_std: 4\n",
-                                            "fbank.yaml");
+  auto o = config::parse<KaldiFbankOptions>(
+      "window: povey\nn_mels: 80\nnormalize: true\nnorm_mean: -4\nnorm_std: 4\n", "fbank.yaml");
   EXPECT_EQ(o.window, "povey");
   EXPECT_EQ(o.n_mels, 80);
   ASSERT_TRUE(o.norm_mean.has_value());
@@ -163,7 +164,8 @@ TEST(FrontendConfig, OptionsLoadFromYaml) {
   EXPECT_EQ(back.norm_mean, o.norm_mean);
   std::string msg = test::error_message<ConfigError>(
       [] { config::parse<KaldiFbankOptions>("window: hann\n", "fbank.yaml"); });
-  EXPECT_NE(msg.find("window: 'hann' is not one of: hanning, povey, hamming, rectangular"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("window: 'hann' is not one of: hanning, povey, hamming, rectangular"), std::string::npos)
+      << msg;
   msg = test::error_message<ConfigError>(
       [] { config::parse<KaldiFbankOptions>("normalize: true\nnorm_std: 0\n", "fbank.yaml"); });
   EXPECT_NE(msg.find("norm_std: must be > 0 when normalize is true"), std::string::npos) << msg;
@@ -193,8 +195,9 @@ TEST(FrontendPaths, CpuAndGenericAgree) {
     Features cpu = fbank(b.waveforms, b.lengths), generic = fbank.forward_generic(b.waveforms, b.lengths);
     EXPECT_TRUE(torch::equal(cpu.lengths, generic.lengths));
     // Relative to the features' range (as the parity tests): the paths sum in different orders.
-    EXPECT_LE((cpu.values - generic.values).abs().max().item<double>() / generic.values.abs().max().item<double>(),
-              1e-4);
+    EXPECT_LE(
+        (cpu.values - generic.values).abs().max().item<double>() / generic.values.abs().max().item<double>(),
+        1e-4);
   }
 }
 

@@ -11,7 +11,10 @@
 
 struct AppConfig {
   int threads = 1;
-  template <class V> void visit(V& v) { v("threads", threads, pal::config::Rule().at_least(1)); }
+  template <class V>
+  void visit(V& v) {
+    v("threads", threads, pal::config::Rule().at_least(1));
+  }
 };
 
 int main(int argc, char** argv) {
@@ -28,6 +31,7 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const pal::ConfigError&) {
   }
-  std::printf("consumer OK: pal %s, LibTorch threads %d\n", PAL_VERSION_STRING, pal::runtime_info().intra_op_threads);
+  std::printf("consumer OK: pal %s, LibTorch threads %d\n", PAL_VERSION_STRING,
+              pal::runtime_info().intra_op_threads);
   return 0;
 }

@@ -31,8 +31,7 @@ manifests:
 )";
 
 std::string config_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
-  return test::error_message<ConfigError>(
-      [&] { config::parse<StageConfig>(yaml, "stage.yaml", overrides); });
+  return test::error_message<ConfigError>([&] { config::parse<StageConfig>(yaml, "stage.yaml", overrides); });
 }
 
 void expect_contains(const std::string& text, const std::string& part) {
@@ -127,8 +126,9 @@ TEST(Config, DuplicateKeysAndBadSyntax) {
 }
 
 TEST(Config, OverridesApplyAndAreNamedInErrors) {
-  auto c = config::parse<StageConfig>(kValid, "stage.yaml",
-                                      {"optim.lr=1e-5", "manifests.1.weight=3", "layers=[1, 2]", "optim.weight_decay=0.1"});
+  auto c = config::parse<StageConfig>(
+      kValid, "stage.yaml",
+      {"optim.lr=1e-5", "manifests.1.weight=3", "layers=[1, 2]", "optim.weight_decay=0.1"});
   EXPECT_DOUBLE_EQ(c.optim.lr, 1e-5);
   EXPECT_DOUBLE_EQ(c.manifests[1].weight, 3.0);
   EXPECT_EQ(c.layers, (std::vector<int>{1, 2}));
@@ -186,7 +186,8 @@ TEST(Config, FileLoadAndSave) {
   config::save(c, dir / "resolved.yaml");
   EXPECT_EQ(config::load<StageConfig>(dir / "resolved.yaml").steps, 500);
 
-  std::string msg = test::error_message<ConfigError>([&] { config::load<StageConfig>(dir / "missing.yaml"); });
+  std::string msg =
+      test::error_message<ConfigError>([&] { config::load<StageConfig>(dir / "missing.yaml"); });
   expect_contains(msg, "missing.yaml");
   test::write_bytes(file, "manifests: [{path: a.jsonl}]\nsteps: many\n");
   msg = test::error_message<ConfigError>([&] { config::load<StageConfig>(file); });

@@ -27,7 +27,7 @@ namespace pal::test {
 using config::Rule;
 
 struct ManifestConfig {
-  std::string path;    // JSONL manifest, relative to the config file
+  std::string path;     // JSONL manifest, relative to the config file
   double weight = 1.0;  // mixing weight
   template <class V>
   void visit(V& v) {

@@ -85,7 +85,7 @@ TEST(Safetensors, ViewsOutliveTheFileObjectAndNeverWriteTheFile) {
     view = f.tensor("w");
   }
   EXPECT_EQ(view.sum().item<float>(), 16.0f);  // mapping kept alive by the tensor
-  view.mul_(2);                                  // copy-on-write pages: file unchanged
+  view.mul_(2);                                // copy-on-write pages: file unchanged
   EXPECT_EQ(SafetensorsFile::open(file).tensor("w").sum().item<float>(), 16.0f);
 }
 
@@ -105,7 +105,8 @@ TEST(Safetensors, ReadsUnalignedDataByCopying) {
 TEST(Safetensors, ShardedCheckpointRoundTrips) {
   test::TempDir dir;
   NamedTensors tensors;
-  for (int i = 0; i < 6; ++i) tensors.push_back({"layers." + std::to_string(i) + ".weight", torch::randn({16, 16})});
+  for (int i = 0; i < 6; ++i)
+    tensors.push_back({"layers." + std::to_string(i) + ".weight", torch::randn({16, 16})});
   save_safetensors_sharded(dir.path(), tensors, /*max_shard_bytes=*/2 * 16 * 16 * 4, {{"format", "pt"}});
   EXPECT_TRUE(std::filesystem::exists(dir / "model.safetensors.index.json"));
   EXPECT_TRUE(std::filesystem::exists(dir / "model-00003-of-00003.safetensors"));
@@ -155,11 +156,13 @@ TEST(Safetensors, CheckpointErrorsNameWhatIsWrong) {
 TEST(Safetensors, WriterRejectsBadInput) {
   test::TempDir dir;
   auto file = dir / "w.safetensors";
-  std::string msg = test::error_message<WeightsError>(
-      [&] { save_safetensors(file, {{"a", torch::ones({1})}, {"a", torch::ones({1})}}); });
+  std::string msg = test::error_message<WeightsError>([&] {
+    save_safetensors(file, {{"a", torch::ones({1})}, {"a", torch::ones({1})}});
+  });
   expect_contains(msg, "tensor 'a' given twice");
-  msg = test::error_message<WeightsError>(
-      [&] { save_safetensors(file, {{"c", torch::ones({1}, torch::kComplexFloat)}}); });
+  msg = test::error_message<WeightsError>([&] {
+    save_safetensors(file, {{"c", torch::ones({1}, torch::kComplexFloat)}});
+  });
   expect_contains(msg, "tensor 'c' has dtype ComplexFloat");
   EXPECT_FALSE(std::filesystem::exists(file));
 }
@@ -173,7 +176,8 @@ TEST(SafetensorsBadInput, Truncated) {
   std::string bytes = read_file(file);
   expect_contains(open_error(bytes.substr(0, 5)), "too short for a safetensors header");
   expect_contains(open_error(bytes.substr(0, 20)), "runs past the end of the file");
-  expect_contains(open_error(bytes.substr(0, bytes.size() - 4)), "tensor 'w': data_offsets [0, 128) run past the data buffer");
+  expect_contains(open_error(bytes.substr(0, bytes.size() - 4)),
+                  "tensor 'w': data_offsets [0, 128) run past the data buffer");
   expect_contains(open_error(""), "file is 0 bytes");
 }
 
@@ -192,7 +196,8 @@ TEST(SafetensorsBadInput, GapsAndTrailingBytes) {
   std::string header = R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})";
   expect_contains(open_error(raw_file(header, std::string(8, '\0'))), "gap in the data buffer");
   header = R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})";
-  expect_contains(open_error(raw_file(header, std::string(9, '\0'))), "5 bytes at the end of the data buffer belong to no tensor");
+  expect_contains(open_error(raw_file(header, std::string(9, '\0'))),
+                  "5 bytes at the end of the data buffer belong to no tensor");
 }
 
 TEST(SafetensorsBadInput, WrongDtypeAndSize) {
@@ -208,7 +213,8 @@ TEST(SafetensorsBadInput, WrongDtypeAndSize) {
   header = R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[16,0]}})";
   expect_contains(open_error(raw_file(header, std::string(16, '\0'))), "end before they begin");
   header = R"({"a":{"dtype":"F32","shape":[4]}})";
-  expect_contains(open_error(raw_file(header, std::string(16, '\0'))), "'data_offsets' must be two non-negative integers");
+  expect_contains(open_error(raw_file(header, std::string(16, '\0'))),
+                  "'data_offsets' must be two non-negative integers");
 }
 
 TEST(SafetensorsBadInput, MalformedJson) {
@@ -216,8 +222,10 @@ TEST(SafetensorsBadInput, MalformedJson) {
   expect_contains(open_error(raw_file("[1, 2]", "")), "header does not start with '{'");
   std::string header =
       R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})";
-  expect_contains(open_error(raw_file(header, std::string(2, '\0'))), "tensor 'a': appears twice in the header");
-  expect_contains(open_error(raw_file(R"({"__metadata__": {"k": 1}})", "")), "__metadata__ entry 'k' is not a string");
+  expect_contains(open_error(raw_file(header, std::string(2, '\0'))),
+                  "tensor 'a': appears twice in the header");
+  expect_contains(open_error(raw_file(R"({"__metadata__": {"k": 1}})", "")),
+                  "__metadata__ entry 'k' is not a string");
 }
 
 TEST(SafetensorsBadInput, UnsupportedDtypeIsAnErrorOnRead) {
@@ -237,7 +245,8 @@ TEST(SafetensorsBadInput, FuzzCorpusNeverCrashes) {
   for (const auto& entry : std::filesystem::directory_iterator(corpus)) {
     std::string bytes = read_file(entry.path());
     try {
-      parse_safetensors_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), entry.path().string());
+      parse_safetensors_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                               entry.path().string());
     } catch (const WeightsError&) {
     }
     ++n;

@@ -27,7 +27,7 @@ struct AudioInfo {
   int64_t frames = 0;   // samples per channel
   int sample_rate = 0;  // Hz
   int channels = 0;
-  std::string format;   // e.g. "WAV (Microsoft) / Signed 16 bit PCM"
+  std::string format;  // e.g. "WAV (Microsoft) / Signed 16 bit PCM"
   double seconds() const { return sample_rate > 0 ? static_cast<double>(frames) / sample_rate : 0.0; }
 };
 
@@ -35,11 +35,11 @@ struct AudioInfo {
 AudioInfo probe_audio(const std::filesystem::path& file);
 
 struct LoadOptions {
-  int sample_rate = kSampleRate;      // output rate
-  double start = 0.0;                 // window start in seconds (seeked to, not decoded)
-  std::optional<double> end;          // window end in seconds, exclusive; clamped to the
-                                      // file's end; nullopt = to the end
-  int64_t chunk_frames = 1 << 16;     // frames decoded per read (bounds working memory)
+  int sample_rate = kSampleRate;   // output rate
+  double start = 0.0;              // window start in seconds (seeked to, not decoded)
+  std::optional<double> end;       // window end in seconds, exclusive; clamped to the
+                                   // file's end; nullopt = to the end
+  int64_t chunk_frames = 1 << 16;  // frames decoded per read (bounds working memory)
 };
 
 // Streams a file as mono float32 at `options.sample_rate`, chunk by chunk.

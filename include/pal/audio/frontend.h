@@ -76,15 +76,15 @@ class WhisperMelFrontend {
 };
 
 struct KaldiFbankOptions {
-  int n_mels = 128;                 // mel bins
-  std::string window = "hanning";   // hanning (AST, EAT, SSLAM), povey (Kaldi's default), hamming, rectangular
-  double low_freq = 20.0;           // Hz
-  double high_freq = 0.0;           // Hz; <= 0 means Nyquist + high_freq
-  double preemphasis = 0.97;        // coefficient
-  bool remove_dc_offset = true;     // subtract each frame's mean
+  int n_mels = 128;                // mel bins
+  std::string window = "hanning";  // hanning (AST, EAT, SSLAM), povey (Kaldi's default), hamming, rectangular
+  double low_freq = 20.0;          // Hz
+  double high_freq = 0.0;          // Hz; <= 0 means Nyquist + high_freq
+  double preemphasis = 0.97;       // coefficient
+  bool remove_dc_offset = true;    // subtract each frame's mean
   bool remove_waveform_mean = false;  // subtract the clip's mean first (EAT / SSLAM)
-  int64_t target_frames = 0;        // pad (zeros) or crop to this many frames; 0 = keep
-  std::optional<double> norm_mean;  // with norm_std: (x - mean) / (2 * std) on every frame
+  int64_t target_frames = 0;          // pad (zeros) or crop to this many frames; 0 = keep
+  std::optional<double> norm_mean;    // with norm_std: (x - mean) / (2 * std) on every frame
   std::optional<double> norm_std;
 
   // AST (HF ASTFeatureExtractor): hanning, 128 bins, 1024 frames, mean -4.2677393, std 4.5689974.
@@ -134,7 +134,7 @@ class KaldiFbankFrontend {
  private:
   Features forward_cpu(const at::Tensor& waveforms, const at::Tensor& lengths) const;
   Features finish(at::Tensor values, std::vector<int64_t> valid) const;  // pad/crop, normalise
-  int64_t valid_frames(int64_t example, int64_t samples) const;         // frames(), or why none
+  int64_t valid_frames(int64_t example, int64_t samples) const;          // frames(), or why none
 
   KaldiFbankOptions options_;
   at::Tensor window_;     // [400]

@@ -45,13 +45,38 @@ namespace pal::config {
 // non_empty apply to strings (and each element of a string list; non_empty also to lists).
 class Rule {
  public:
-  Rule& required() { required_ = true; return *this; }
-  Rule& at_least(double v) { lo_ = v; lo_open_ = false; return *this; }
-  Rule& greater_than(double v) { lo_ = v; lo_open_ = true; return *this; }
-  Rule& at_most(double v) { hi_ = v; hi_open_ = false; return *this; }
-  Rule& less_than(double v) { hi_ = v; hi_open_ = true; return *this; }
-  Rule& one_of(std::vector<std::string> choices) { choices_ = std::move(choices); return *this; }
-  Rule& non_empty() { non_empty_ = true; return *this; }
+  Rule& required() {
+    required_ = true;
+    return *this;
+  }
+  Rule& at_least(double v) {
+    lo_ = v;
+    lo_open_ = false;
+    return *this;
+  }
+  Rule& greater_than(double v) {
+    lo_ = v;
+    lo_open_ = true;
+    return *this;
+  }
+  Rule& at_most(double v) {
+    hi_ = v;
+    hi_open_ = false;
+    return *this;
+  }
+  Rule& less_than(double v) {
+    hi_ = v;
+    hi_open_ = true;
+    return *this;
+  }
+  Rule& one_of(std::vector<std::string> choices) {
+    choices_ = std::move(choices);
+    return *this;
+  }
+  Rule& non_empty() {
+    non_empty_ = true;
+    return *this;
+  }
 
   bool is_required() const { return required_; }
   // Returns an empty string when `x` satisfies the numeric bounds, else why not.
@@ -81,8 +106,8 @@ namespace detail {
 template <class T, class V, class = void>
 struct has_visit : std::false_type {};
 template <class T, class V>
-struct has_visit<T, V, std::void_t<decltype(std::declval<T&>().visit(std::declval<V&>()))>>
-    : std::true_type {};
+struct has_visit<T, V, std::void_t<decltype(std::declval<T&>().visit(std::declval<V&>()))>> : std::true_type {
+};
 
 template <class E, class = void>
 struct has_enum_names : std::false_type {};

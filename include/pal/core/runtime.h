@@ -30,8 +30,8 @@ struct CudaDevice {
 };
 
 struct RuntimeInfo {
-  std::string pal_version;      // this library's version, "MAJOR.MINOR.PATCH"
-  std::string torch_version;    // LibTorch the library was compiled against
+  std::string pal_version;        // this library's version, "MAJOR.MINOR.PATCH"
+  std::string torch_version;      // LibTorch the library was compiled against
   bool torch_cuda_build = false;  // LibTorch was built with CUDA support
   bool cuda_available = false;    // a CUDA device is usable now
   std::vector<CudaDevice> cuda_devices;
