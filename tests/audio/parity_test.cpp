@@ -11,6 +11,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <set>
+
 #include "pal/audio/decode.h"
 #include "pal/audio/frontend.h"
 #include "pal/io/safetensors.h"
