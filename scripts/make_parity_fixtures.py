@@ -10,6 +10,9 @@ creates:
     build/pip/venv/bin/python scripts/make_parity_fixtures.py [--only NAME ...]
 
 Sections (each writes its own folder under tests/fixtures/):
+    llm           tiny random Llama (llama3 RoPE, GQA) and Qwen2 (biases, tied head)
+                  checkpoints via save_pretrained, with transformers' logits, hidden
+                  states and rotary tables (needs transformers)
     safetensors   a file written by safetensors.torch.save_file with every common dtype
     audio         small clips (tests/fixtures/audio/clips/) and, for each, the reference
                   front-end features: 16 kHz mono waveform (soundfile + soxr), Whisper
@@ -427,7 +430,54 @@ def make_audio():
             raise SystemExit(f"{dest} is {size} bytes; keep fixtures near 400 KB")
 
 
-SECTIONS = {"safetensors": make_safetensors, "audio": make_audio}
+def make_llm():
+    """Tiny random Llama (llama3 RoPE scaling, GQA, untied head) and Qwen2 (q/k/v bias,
+    tied embeddings) checkpoints saved by transformers, with reference logits and
+    per-layer hidden states for fixed token ids."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    # head_dim 16, rope_theta 5e5, original context 128: the RoPE wavelengths 6.3, 44 and
+    # 308+ fall in llama3's high (kept), medium (smoothed) and low (divided) bands.
+    common = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5)
+    models = {
+        "tiny_llama": (LlamaForCausalLM, LlamaConfig(
+            **common, tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+            rope_theta=500000.0)),
+        "tiny_qwen2": (Qwen2ForCausalLM, Qwen2Config(**common, tie_word_embeddings=True, rope_theta=10000.0)),
+    }
+    ids = torch.randint(0, 96, (2, 48), generator=torch.Generator().manual_seed(7))
+    for name, (cls, config) in models.items():
+        torch.manual_seed(0)
+        model = cls(config).eval()
+        with torch.no_grad():  # widen the random init so that errors would show
+            for p in model.parameters():
+                p.normal_(0.0, 0.08)
+        out_dir = FIXTURES / "llm" / name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        with torch.no_grad():
+            out = model(ids, output_hidden_states=True)
+            # The rotary tables themselves, for positions 0..255, pin RoPE (and llama3's
+            # frequency bands) more tightly than the logits can.
+            positions = torch.arange(256)[None]
+            cos, sin = model.model.rotary_emb(model.model.embed_tokens(ids[:1, :1]), positions)
+        expected = {"input_ids": ids.contiguous(), "logits": out.logits.float().contiguous(),
+                    "rope_cos": cos[0].float().contiguous(), "rope_sin": sin[0].float().contiguous()}
+        for i, h in enumerate(out.hidden_states):  # embeddings, after each layer (last: after the final norm)
+            expected[f"hidden_states.{i}"] = h.float().contiguous()
+        save_file(expected, str(FIXTURES / "llm" / f"{name}_expected.safetensors"),
+                  metadata={"torch_version": torch.__version__, "transformers_version": transformers.__version__})
+        print("wrote", out_dir)
+
+
+SECTIONS = {"llm": make_llm, "safetensors": make_safetensors, "audio": make_audio}
 
 
 def main():

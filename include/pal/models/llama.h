@@ -1,0 +1,134 @@
+// The Llama / Qwen2 decoder family, with sub-module names equal to the Hugging Face
+// checkpoint keys ("model.layers.3.self_attn.q_proj.weight"), so that loading a folder
+// is a name lookup.
+//
+// ref: transformers models/llama/modeling_llama.py and models/qwen2/modeling_qwen2.py:
+// pre-norm decoder layers (RMSNorm -> GQA self-attention with RoPE -> residual, RMSNorm
+// -> SwiGLU MLP -> residual), final RMSNorm, tied or untied LM head. Qwen2 adds biases
+// to q/k/v. RoPE: default or "llama3" frequency scaling.
+//
+// Status: the forward pass and HF loading (issue 4, items 1-3). Tokenizers, chat
+// templates and KV-cached generation are not here yet.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace pal::models {
+
+struct LlamaConfig {
+  std::string model_type = "llama";  // "llama" or "qwen2"
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;  // GQA groups; = num_attention_heads for MHA
+  int64_t head_dim = 0;             // default hidden_size / num_attention_heads
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  std::string rope_type = "default";  // "default" or "llama3"
+  double rope_factor = 1.0;           // llama3 scaling parameters
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int64_t rope_original_max_positions = 8192;
+  bool tie_word_embeddings = false;
+  bool qkv_bias = false;  // Qwen2: biases on q/k/v projections
+  bool o_bias = false;    // Llama attention_bias: biases on q/k/v/o
+  bool mlp_bias = false;
+
+  // Reads an HF config.json (both "rope_scaling" + "rope_theta" and transformers 5's
+  // "rope_parameters"); errors name the file and the key.
+  static LlamaConfig from_json_file(const std::filesystem::path& file);
+  void validate() const;
+};
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);  // [..., dim] -> same
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// cos/sin tables of rotary embeddings for given positions: each [B, T, head_dim], float32.
+struct RotaryTables {
+  torch::Tensor cos, sin;
+};
+
+class LlamaAttentionImpl : public torch::nn::Module {
+ public:
+  explicit LlamaAttentionImpl(const LlamaConfig& config);
+  // x [B, T, hidden]; mask: additive float [B or 1, 1, T, T] (0 or -inf). -> [B, T, hidden]
+  torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask);
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+TORCH_MODULE(LlamaAttention);
+
+class LlamaMLPImpl : public torch::nn::Module {
+ public:
+  explicit LlamaMLPImpl(const LlamaConfig& config);
+  torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(LlamaMLP);
+
+class LlamaDecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  LlamaAttention self_attn{nullptr};
+  LlamaMLP mlp{nullptr};
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+struct LlamaOutput {
+  torch::Tensor logits;                      // [B, T, vocab]
+  std::vector<torch::Tensor> hidden_states;  // taps: embeddings, after each layer but the last, final norm
+};
+
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  explicit LlamaModelImpl(const LlamaConfig& config);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(LlamaModel);
+
+class LlamaForCausalLMImpl : public torch::nn::Module {
+ public:
+  explicit LlamaForCausalLMImpl(const LlamaConfig& config);
+  // input_ids [B, T] int64 -> logits and taps. Causal attention, positions 0..T-1.
+  LlamaOutput forward(const torch::Tensor& input_ids);
+  RotaryTables rotary(const torch::Tensor& positions) const;  // positions [B, T] int64
+  const LlamaConfig& config() const { return config_; }
+
+  LlamaModel model{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // absent (nullptr) when tied to model.embed_tokens
+
+ private:
+  LlamaConfig config_;
+  torch::Tensor inv_freq_;  // [head_dim / 2] float32
+};
+TORCH_MODULE(LlamaForCausalLM);
+
+// Builds the model from an HF folder (config.json + model.safetensors or a sharded
+// index), with weights cast to `dtype`. Every missing, unexpected or mis-shaped tensor
+// is a pal::WeightsError naming it.
+LlamaForCausalLM load_llama(const std::filesystem::path& folder, torch::Dtype dtype = torch::kFloat32);
+
+}  // namespace pal::models
