@@ -172,12 +172,15 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::filesystem::path& p
     return c.files_.size() - 1;
   };
 
-  if (!std::filesystem::is_directory(path, ec)) {
-    size_t i = add_file(path);
+  // One file holds every tensor and the metadata.
+  auto single_file = [&](const std::filesystem::path& file) {
+    size_t i = add_file(file);
     for (const auto& t : c.files_[i].tensors()) c.where_[t.name] = i;
     c.metadata_ = c.files_[i].metadata();
     return c;
-  }
+  };
+
+  if (!std::filesystem::is_directory(path, ec)) return single_file(path);
 
   const auto index_path = path / kIndexName;
   if (std::filesystem::exists(index_path, ec)) {
@@ -216,12 +219,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::filesystem::path& p
   }
 
   const auto single = path / kSingleName;
-  if (std::filesystem::exists(single, ec)) {
-    size_t i = add_file(single);
-    for (const auto& t : c.files_[i].tensors()) c.where_[t.name] = i;
-    c.metadata_ = c.files_[i].metadata();
-    return c;
-  }
+  if (std::filesystem::exists(single, ec)) return single_file(single);
   std::string hint;
   if (std::filesystem::exists(path / "pytorch_model.bin", ec))
     hint = " (pytorch_model.bin checkpoints are not read; save the model with safetensors)";
