@@ -431,9 +431,10 @@ def make_audio():
 
 
 def make_llm():
-    """Tiny random Llama (llama3 RoPE scaling, GQA, untied head) and Qwen2 (q/k/v bias,
-    tied embeddings) checkpoints saved by transformers, with reference logits and
-    per-layer hidden states for fixed token ids."""
+    """Tiny random Llama (llama3 RoPE scaling, GQA, tied embeddings, as Llama 3.2) and
+    Qwen2 (q/k/v bias, untied head) checkpoints saved by transformers, with reference
+    logits and per-layer hidden states for fixed token ids, and greedy generations of 32
+    tokens (`generate(do_sample=False)`) for one prompt and for a left-padded batch."""
     import torch
     import transformers
     from safetensors.torch import save_file
@@ -446,19 +447,19 @@ def make_llm():
                   rms_norm_eps=1e-5)
     models = {
         "tiny_llama": (LlamaForCausalLM, LlamaConfig(
-            **common, tie_word_embeddings=False,
+            **common, tie_word_embeddings=True,
             rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                           "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
             rope_theta=500000.0)),
-        "tiny_qwen2": (Qwen2ForCausalLM, Qwen2Config(**common, tie_word_embeddings=True, rope_theta=10000.0)),
+        "tiny_qwen2": (Qwen2ForCausalLM, Qwen2Config(**common, tie_word_embeddings=False, rope_theta=10000.0)),
     }
     ids = torch.randint(0, 96, (2, 48), generator=torch.Generator().manual_seed(7))
     for name, (cls, config) in models.items():
         torch.manual_seed(0)
         model = cls(config).eval()
-        with torch.no_grad():  # widen the random init so that errors would show
+        with torch.no_grad():  # a wide random init: errors show, and greedy text does not loop at once
             for p in model.parameters():
-                p.normal_(0.0, 0.08)
+                p.normal_(0.0, 0.4)
         out_dir = FIXTURES / "llm" / name
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir, safe_serialization=True)
@@ -472,6 +473,35 @@ def make_llm():
                     "rope_cos": cos[0].float().contiguous(), "rope_sin": sin[0].float().contiguous()}
         for i, h in enumerate(out.hidden_states):  # embeddings, after each layer (last: after the final norm)
             expected[f"hidden_states.{i}"] = h.float().contiguous()
+        # Greedy generation, 32 new tokens, no stop token (eos_token_id None), for one
+        # prompt and for three prompts of different lengths, left-padded with pad id 0.
+        # Prompts are drawn (seed 11, 12, ...) until no step has a near tie between the
+        # best and second-best logit, where the ids would depend on rounding.
+        lengths = [12, 5, 9]
+        greedy = dict(do_sample=False, max_new_tokens=32, min_new_tokens=32, eos_token_id=None, pad_token_id=0)
+        for seed in range(11, 100):
+            g = torch.Generator().manual_seed(seed)
+            prompts = [torch.randint(3, 96, (n,), generator=g) for n in lengths]
+            batch = torch.zeros(len(prompts), max(lengths), dtype=torch.long)
+            mask = torch.zeros_like(batch)
+            for row, p in enumerate(prompts):
+                batch[row, batch.shape[1] - len(p):] = p
+                mask[row, batch.shape[1] - len(p):] = 1
+            with torch.no_grad():
+                single = model.generate(prompts[0][None], attention_mask=torch.ones(1, lengths[0], dtype=torch.long),
+                                        **greedy)
+                batched = model.generate(batch, attention_mask=mask, output_scores=True, return_dict_in_generate=True,
+                                         **greedy)
+            gap = min(float((v[:, 0] - v[:, 1]).min()) for v in (s.topk(2, -1).values for s in batched.scores))
+            if gap >= 0.01:
+                break
+        print(f"{name}: prompt seed {seed}, smallest top-1/top-2 logit gap of the greedy runs {gap:.3g}")
+        batched = batched.sequences
+        expected["generate.prompt"] = prompts[0].contiguous()
+        expected["generate.single"] = single[0, lengths[0]:].contiguous()
+        expected["generate.batch_ids"] = batch.contiguous()
+        expected["generate.batch_mask"] = mask.contiguous()
+        expected["generate.batch"] = batched[:, batch.shape[1]:].contiguous()
         save_file(expected, str(FIXTURES / "llm" / f"{name}_expected.safetensors"),
                   metadata={"torch_version": torch.__version__, "transformers_version": transformers.__version__})
         print("wrote", out_dir)

@@ -66,6 +66,7 @@ LlamaConfig LlamaConfig::from_json_file(const std::filesystem::path& file) {
   c.num_attention_heads = r.integer("num_attention_heads");
   c.num_key_value_heads = r.integer("num_key_value_heads", c.num_attention_heads);
   c.head_dim = r.integer("head_dim", c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0);
+  c.max_position_embeddings = r.integer("max_position_embeddings", c.max_position_embeddings);
   c.rms_norm_eps = r.number(j, "rms_norm_eps", 1e-6);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   c.mlp_bias = r.boolean("mlp_bias", false);
@@ -75,15 +76,17 @@ LlamaConfig LlamaConfig::from_json_file(const std::filesystem::path& file) {
   // RoPE: transformers 5 writes "rope_parameters" {rope_theta, rope_type, ...}; older
   // checkpoints (all published Llama 3.x / Qwen2.5) write "rope_theta" + "rope_scaling".
   const nlohmann::json none = nlohmann::json::object();
-  const nlohmann::json& rope = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"]
-                               : j.contains("rope_scaling") && j["rope_scaling"].is_object()     ? j["rope_scaling"]
-                                                                                                 : none;
+  const nlohmann::json& rope =
+      j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"]
+      : j.contains("rope_scaling") && j["rope_scaling"].is_object()     ? j["rope_scaling"]
+                                                                        : none;
   c.rope_theta = r.number(rope, "rope_theta", r.number(j, "rope_theta", 10000.0));
   c.rope_type = rope.value("rope_type", rope.value("type", std::string("default")));
   if (c.rope_type != "default" && c.rope_type != "llama3")
     r.fail("rope_type", "'" + c.rope_type + "' is not supported (expected default or llama3)");
   if (c.rope_type == "llama3") {
-    for (const char* key : {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
+    for (const char* key :
+         {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
       if (!rope.contains(key)) r.fail(std::string("rope.") + key, "required for rope_type llama3");
     c.rope_factor = r.number(rope, "factor", 1.0);
     c.rope_low_freq_factor = r.number(rope, "low_freq_factor", 1.0);
@@ -109,9 +112,11 @@ void LlamaConfig::validate() const {
   positive("num_attention_heads", num_attention_heads);
   positive("num_key_value_heads", num_key_value_heads);
   positive("head_dim", head_dim);
+  positive("max_position_embeddings", max_position_embeddings);
   if (num_attention_heads % num_key_value_heads != 0)
     throw ConfigError("num_attention_heads (" + std::to_string(num_attention_heads) +
-                      ") must be a multiple of num_key_value_heads (" + std::to_string(num_key_value_heads) + ")");
+                      ") must be a multiple of num_key_value_heads (" + std::to_string(num_key_value_heads) +
+                      ")");
   if (head_dim % 2 != 0) throw ConfigError("head_dim must be even for RoPE, got " + std::to_string(head_dim));
 }
 
@@ -137,7 +142,8 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 
 // q, k [B, heads, T, D]; cos/sin [B, T, D].
 torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& rope) {
-  torch::Tensor cos = rope.cos.unsqueeze(1).to(x.scalar_type()), sin = rope.sin.unsqueeze(1).to(x.scalar_type());
+  torch::Tensor cos = rope.cos.unsqueeze(1).to(x.scalar_type()),
+                sin = rope.sin.unsqueeze(1).to(x.scalar_type());
   return x * cos + rotate_half(x) * sin;
 }
 
@@ -155,28 +161,44 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
   o_proj = register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size, c.o_bias));
 }
 
-torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask) {
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
+                                          const torch::Tensor& mask, const LayerCacheView* cache) {
   const int64_t batch = x.size(0), length = x.size(1);
   torch::Tensor q = q_proj(x).view({batch, length, heads_, head_dim_}).transpose(1, 2);
   torch::Tensor k = k_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
   torch::Tensor v = v_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
   q = apply_rotary(q, rope);
   k = apply_rotary(k, rope);
-  // GQA: each key/value head serves heads / kv_heads consecutive query heads.
-  const int64_t groups = heads_ / kv_heads_;
-  if (groups > 1) {
-    k = k.repeat_interleave(groups, 1);
-    v = v.repeat_interleave(groups, 1);
+  if (cache) {
+    const int64_t total = cache->past + length;
+    cache->keys.narrow(2, cache->past, length).copy_(k);
+    cache->values.narrow(2, cache->past, length).copy_(v);
+    k = cache->keys.narrow(2, 0, total);
+    v = cache->values.narrow(2, 0, total);
   }
+  const int64_t keys = k.size(2);
+  // GQA without copying keys and values: query head h = g * groups + j reads key/value
+  // head g, so the queries of a group are stacked along the time axis: q [B, kv_heads,
+  // groups * T, D] against k, v [B, kv_heads, S, D]; the mask repeats per group.
+  const int64_t groups = heads_ / kv_heads_;
+  q = q.reshape({batch, kv_heads_, groups * length, head_dim_});
+  torch::Tensor grouped_mask = mask;
+  if (groups > 1)
+    grouped_mask = mask.unsqueeze(2)
+                       .expand({mask.size(0), 1, groups, length, keys})
+                       .reshape({mask.size(0), 1, groups * length, keys});
   torch::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
-  out = at::scaled_dot_product_attention(q, k, v, mask.to(q.scalar_type()));
+  out = at::scaled_dot_product_attention(q, k, v, grouped_mask.to(q.scalar_type()));
 #else
   // LibTorch 1.13 has no fused attention: softmax(q k^T / sqrt(d) + mask) v, softmax in fp32.
-  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
-  scores = scores + mask.to(scores.scalar_type());
+  torch::Tensor scores =
+      torch::matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
+  scores = scores + grouped_mask.to(scores.scalar_type());
   out = torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type()), v);
 #endif
+  // [B, kv_heads, groups * T, D] -> [B, heads, T, D] -> [B, T, heads * D]
+  out = out.view({batch, heads_, length, head_dim_});
   return o_proj(out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_}));
 }
 
@@ -194,12 +216,13 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
   self_attn = register_module("self_attn", LlamaAttention(c));
   mlp = register_module("mlp", LlamaMLP(c));
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
 }
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
-                                             const torch::Tensor& mask) {
-  torch::Tensor h = x + self_attn(input_layernorm(x), rope, mask);
+                                             const torch::Tensor& mask, const LayerCacheView* cache) {
+  torch::Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, cache);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -219,7 +242,8 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlamaConfig& config) : config_(
   // ref: transformers modeling_rope_utils (_compute_default / _compute_llama3_parameters),
   // computed in float32 as there.
   const int64_t dim = config_.head_dim;
-  torch::Tensor exponent = torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(dim);
+  torch::Tensor exponent =
+      torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(dim);
   inv_freq_ = 1.0 / torch::pow(torch::tensor(config_.rope_theta, torch::kFloat32), exponent);
   if (config_.rope_type == "llama3") {
     const double old_len = static_cast<double>(config_.rope_original_max_positions);
@@ -242,6 +266,13 @@ RotaryTables LlamaForCausalLMImpl::rotary(const torch::Tensor& positions) const 
   return {emb.cos(), emb.sin()};
 }
 
+torch::Tensor causal_mask(int64_t length, torch::Device device) {
+  return torch::full({length, length}, -std::numeric_limits<float>::infinity(),
+                     torch::TensorOptions().dtype(torch::kFloat32).device(device))
+      .triu(1)
+      .view({1, 1, length, length});
+}
+
 LlamaOutput LlamaForCausalLMImpl::forward(const torch::Tensor& input_ids) {
   const int64_t batch = input_ids.size(0), length = input_ids.size(1);
   const auto device = input_ids.device();
@@ -249,10 +280,7 @@ LlamaOutput LlamaForCausalLMImpl::forward(const torch::Tensor& input_ids) {
                                 .unsqueeze(0)
                                 .expand({batch, length});
   RotaryTables rope = rotary(positions);
-  torch::Tensor mask = torch::full({length, length}, -std::numeric_limits<float>::infinity(),
-                                   torch::TensorOptions().dtype(torch::kFloat32).device(device))
-                           .triu(1)
-                           .view({1, 1, length, length});
+  torch::Tensor mask = causal_mask(length, device);
   LlamaOutput out;
   torch::Tensor h = model->embed_tokens(input_ids);
   out.hidden_states.push_back(h);
@@ -263,8 +291,82 @@ LlamaOutput LlamaForCausalLMImpl::forward(const torch::Tensor& input_ids) {
   }
   h = model->norm(h);
   out.hidden_states.push_back(h);
-  out.logits = lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());
+  out.logits = logits(h);
   return out;
+}
+
+torch::Tensor LlamaForCausalLMImpl::embed(const torch::Tensor& input_ids) {
+  return model->embed_tokens(input_ids);
+}
+
+torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {
+  return lm_head ? lm_head(hidden) : torch::matmul(hidden, model->embed_tokens->weight.t());
+}
+
+torch::Tensor LlamaForCausalLMImpl::forward_cached(const torch::Tensor& embeds,
+                                                   const torch::Tensor& positions, const torch::Tensor& valid,
+                                                   KVCache& cache) {
+  RotaryTables rope = rotary(positions);
+  torch::Tensor mask = cache.extend(valid).to(embeds.scalar_type());
+  torch::Tensor h = embeds;
+  const size_t n = model->layers->size();
+  for (size_t i = 0; i < n; ++i) {
+    LayerCacheView view = cache.layer(i);
+    h = model->layers[i]->as<LlamaDecoderLayer>()->forward(h, rope, mask, &view);
+  }
+  cache.commit();
+  return model->norm(h);
+}
+
+// ---- KV cache ----------------------------------------------------------------------------
+
+KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity, torch::TensorOptions options) {
+  if (batch <= 0 || capacity <= 0)
+    throw GenerationError("KV cache: batch and capacity must be > 0, got " + std::to_string(batch) + " and " +
+                          std::to_string(capacity));
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    keys_.push_back(torch::empty({batch, config.num_key_value_heads, capacity, config.head_dim}, options));
+    values_.push_back(torch::empty_like(keys_.back()));
+  }
+  valid_ = torch::zeros({batch, capacity}, options.dtype(torch::kBool));
+}
+
+size_t KVCache::bytes() const {
+  size_t total = 0;
+  for (size_t i = 0; i < keys_.size(); ++i) total += keys_[i].nbytes() + values_[i].nbytes();
+  return total;
+}
+
+torch::Tensor KVCache::extend(const torch::Tensor& valid) {
+  const int64_t length = valid.size(1);
+  if (valid.size(0) != batch())
+    throw GenerationError("KV cache: a step of batch " + std::to_string(valid.size(0)) +
+                          " for a cache of batch " + std::to_string(batch()));
+  if (length_ + length > capacity())
+    throw GenerationError("KV cache: " + std::to_string(length_) + " + " + std::to_string(length) +
+                          " positions exceed its capacity of " + std::to_string(capacity()));
+  valid_.narrow(1, length_, length).copy_(valid);
+  const int64_t total = length_ + length;
+  const auto device = valid_.device();
+  auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  torch::Tensor query_at = torch::arange(length_, total, opts).view({1, length, 1});
+  torch::Tensor key_at = torch::arange(total, opts).view({1, 1, total});
+  torch::Tensor visible = (key_at <= query_at)
+                              .logical_and(valid_.narrow(1, 0, total).unsqueeze(1))
+                              .logical_or(key_at == query_at);
+  pending_ = length;
+  return torch::zeros({batch(), 1, length, total},
+                      torch::TensorOptions().dtype(torch::kFloat32).device(device))
+      .masked_fill_(visible.logical_not().unsqueeze(1), -std::numeric_limits<float>::infinity());
+}
+
+LayerCacheView KVCache::layer(size_t index) const {
+  return {keys_.at(index), values_.at(index), length_};
+}
+
+void KVCache::commit() {
+  length_ += pending_;
+  pending_ = 0;
 }
 
 // ---- loading -------------------------------------------------------------------------------
@@ -290,7 +392,8 @@ LlamaForCausalLM load_llama(const std::filesystem::path& folder, torch::Dtype dt
   }
   if (!unused.empty())
     throw WeightsError(folder.string() + ": unexpected tensor '" + *unused.begin() + "' (" +
-                       std::to_string(unused.size()) + " unexpected in all) for a " + config.model_type + " model");
+                       std::to_string(unused.size()) + " unexpected in all) for a " + config.model_type +
+                       " model");
   model->to(dtype);
   model->eval();
   return model;

@@ -39,8 +39,8 @@ void expect_parity(const std::string& name) {
   EXPECT_LE((rope.sin[0] - expected.tensor("rope_sin")).abs().max().item<double>(), 1e-4);
 }
 
-TEST(ParityLlama, LlamaWithLlama3RopeAndGqaMatchesTransformers) { expect_parity("tiny_llama"); }
-TEST(ParityLlama, Qwen2WithBiasesAndTiedHeadMatchesTransformers) { expect_parity("tiny_qwen2"); }
+TEST(ParityLlama, LlamaWithLlama3RopeGqaAndTiedEmbeddingsMatchesTransformers) { expect_parity("tiny_llama"); }
+TEST(ParityLlama, Qwen2WithBiasesAndUntiedHeadMatchesTransformers) { expect_parity("tiny_qwen2"); }
 
 TEST(Llama, ReadsBothRopeConfigFormats) {
   LlamaConfig c = LlamaConfig::from_json_file(llm_fixture("tiny_llama") / "config.json");

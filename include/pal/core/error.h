@@ -60,4 +60,17 @@ class TrainError : public Error {
   using Error::Error;
 };
 
+// A tokenizer file (tokenizer.json, sentencepiece .model) is malformed, or text cannot
+// be encoded / ids cannot be decoded with it.
+class TokenizerError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A generation request is invalid (prompt longer than the context, bad sampling options).
+class GenerationError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace pal

@@ -7,8 +7,8 @@
 // -> SwiGLU MLP -> residual), final RMSNorm, tied or untied LM head. Qwen2 adds biases
 // to q/k/v. RoPE: default or "llama3" frequency scaling.
 //
-// Status: the forward pass and HF loading (issue 4, items 1-3). Tokenizers, chat
-// templates and KV-cached generation are not here yet.
+// Two ways to run it: forward(input_ids) for a whole sequence (tests, training), and
+// forward_cached(...) that appends positions to a KVCache (generation; see generation.h).
 #pragma once
 
 #include <torch/nn/module.h>
@@ -29,8 +29,9 @@ struct LlamaConfig {
   int64_t intermediate_size = 0;
   int64_t num_hidden_layers = 0;
   int64_t num_attention_heads = 0;
-  int64_t num_key_value_heads = 0;  // GQA groups; = num_attention_heads for MHA
-  int64_t head_dim = 0;             // default hidden_size / num_attention_heads
+  int64_t num_key_value_heads = 0;         // GQA groups; = num_attention_heads for MHA
+  int64_t head_dim = 0;                    // default hidden_size / num_attention_heads
+  int64_t max_position_embeddings = 2048;  // the context: prompts and generation must fit
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   std::string rope_type = "default";  // "default" or "llama3"
@@ -65,11 +66,20 @@ struct RotaryTables {
   torch::Tensor cos, sin;
 };
 
+// Keys and values of one layer for a whole request, allocated once:
+// [B, kv_heads, capacity, head_dim]. A forward writes its T positions at `past`.
+struct LayerCacheView {
+  torch::Tensor keys, values;
+  int64_t past = 0;  // positions already stored
+};
+
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlamaConfig& config);
-  // x [B, T, hidden]; mask: additive float [B or 1, 1, T, T] (0 or -inf). -> [B, T, hidden]
-  torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask);
+  // x [B, T, hidden]; rope for the T positions; mask: additive float [B or 1, 1, T, S]
+  // (0 or -inf) over the S keys: S = T without a cache, past + T with one. -> [B, T, hidden]
+  torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask,
+                        const LayerCacheView* cache = nullptr);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
@@ -88,7 +98,8 @@ TORCH_MODULE(LlamaMLP);
 class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
-  torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask);
+  torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask,
+                        const LayerCacheView* cache = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
@@ -109,11 +120,47 @@ class LlamaModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaModel);
 
+// The keys and values of every layer for one request (a batch of sequences), allocated
+// once for `capacity` positions, and which of those positions are padding.
+class KVCache {
+ public:
+  KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity, torch::TensorOptions options);
+  int64_t batch() const { return valid_.size(0); }
+  int64_t capacity() const { return valid_.size(1); }
+  int64_t length() const { return length_; }  // positions stored so far
+  size_t bytes() const;                       // memory held by keys and values
+
+  // A step of T positions: extend() records which are padding (valid [B, T] bool) and
+  // returns the additive attention mask [B, 1, T, length + T] of their queries (causal,
+  // padding keys hidden; a padding query sees itself, so that no row is empty); the
+  // layers write through layer(i); commit() makes the T positions part of length().
+  // extend() throws GenerationError when the cache would overflow.
+  torch::Tensor extend(const torch::Tensor& valid);
+  LayerCacheView layer(size_t index) const;
+  void commit();
+
+ private:
+  std::vector<torch::Tensor> keys_, values_;
+  torch::Tensor valid_;  // [B, capacity] bool
+  int64_t length_ = 0, pending_ = 0;
+};
+
+// Additive causal mask [1, 1, T, T] (0 on and below the diagonal, -inf above).
+torch::Tensor causal_mask(int64_t length, torch::Device device);
+
 class LlamaForCausalLMImpl : public torch::nn::Module {
  public:
   explicit LlamaForCausalLMImpl(const LlamaConfig& config);
   // input_ids [B, T] int64 -> logits and taps. Causal attention, positions 0..T-1.
   LlamaOutput forward(const torch::Tensor& input_ids);
+
+  // Runs the decoder over `embeds` [B, T, hidden] at `positions` [B, T] int64, storing
+  // their keys and values in `cache` after what it holds; `valid` [B, T] bool marks
+  // padding (false). Returns the final-normed hidden states [B, T, hidden].
+  torch::Tensor forward_cached(const torch::Tensor& embeds, const torch::Tensor& positions,
+                               const torch::Tensor& valid, KVCache& cache);
+  torch::Tensor embed(const torch::Tensor& input_ids);        // [B, T] -> [B, T, hidden]
+  torch::Tensor logits(const torch::Tensor& hidden);          // [..., hidden] -> [..., vocab]
   RotaryTables rotary(const torch::Tensor& positions) const;  // positions [B, T] int64
   const LlamaConfig& config() const { return config_; }
 
