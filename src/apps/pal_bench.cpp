@@ -5,12 +5,22 @@
 //                                 and on all threads, beside the Python references
 //                                 (scripts/bench/frontend_reference.py: openai-whisper's
 //                                 log_mel_spectrogram algorithm, torchaudio's kaldi fbank)
+//   pal-bench generate [--json]   tokens/s of greedy generation (128 new tokens, batch 1
+//                                 and 8) with a ~100M-parameter Llama, beside transformers'
+//                                 generate on the same weights (scripts/bench/
+//                                 generate_reference.py writes them); peak and per-token RSS
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -20,6 +30,8 @@
 #include "pal/core/error.h"
 #include "pal/core/logging.h"
 #include "pal/core/runtime.h"
+#include "pal/models/generation.h"
+#include "pal/models/llama.h"
 
 namespace {
 
@@ -50,12 +62,9 @@ struct FrontendArgs {
   std::string reference_script = PAL_SOURCE_DIR "/scripts/bench/frontend_reference.py";
 };
 
-std::optional<nlohmann::json> run_reference(const FrontendArgs& a, int threads) {
-  char cmd[2048];
-  std::snprintf(cmd, sizeof cmd,
-                "%s %s --threads %d --batch %d --seconds %g --min-time %g --json 2>/dev/null",
-                a.python.c_str(), a.reference_script.c_str(), threads, a.batch, a.seconds, a.min_time);
-  FILE* pipe = popen(cmd, "r");
+// Runs a reference script that prints one JSON object; nullopt when it fails.
+std::optional<nlohmann::json> run_json_command(const std::string& cmd) {
+  FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return std::nullopt;
   std::string out;
   char buf[4096];
@@ -67,6 +76,14 @@ std::optional<nlohmann::json> run_reference(const FrontendArgs& a, int threads) 
   } catch (const nlohmann::json::exception&) {
     return std::nullopt;
   }
+}
+
+std::optional<nlohmann::json> run_reference(const FrontendArgs& a, int threads) {
+  char cmd[2048];
+  std::snprintf(cmd, sizeof cmd,
+                "%s %s --threads %d --batch %d --seconds %g --min-time %g --json 2>/dev/null",
+                a.python.c_str(), a.reference_script.c_str(), threads, a.batch, a.seconds, a.min_time);
+  return run_json_command(cmd);
 }
 
 int bench_frontend(const FrontendArgs& a) {
@@ -136,6 +153,143 @@ int bench_frontend(const FrontendArgs& a) {
   return 0;
 }
 
+// ---- generate ------------------------------------------------------------------------------
+
+struct GenerateArgs {
+  std::string model = (std::filesystem::temp_directory_path() / "pal-bench-llama-100m").string();
+  int threads = 0;  // 0: all cores
+  std::vector<int64_t> batches = {1, 8};
+  int64_t prompt_length = 32;
+  int64_t new_tokens = 128;
+  int repeats = 3;
+  std::string dtype = "float32";
+  bool json = false;
+  bool reference = true;
+  std::string python = std::filesystem::exists(PAL_SOURCE_DIR "/build/pip/venv/bin/python") ? PAL_SOURCE_DIR
+                           "/build/pip/venv/bin/python"
+                                                                                            : "python3";
+  std::string reference_script = PAL_SOURCE_DIR "/scripts/bench/generate_reference.py";
+};
+
+double resident_mib() {  // current RSS
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
+}
+
+double peak_resident_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+int bench_generate(const GenerateArgs& a) {
+  const int threads = a.threads > 0 ? a.threads : pal::available_cores();
+  pal::configure_threads({threads, 0});
+  const at::ScalarType dtype = a.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  std::string batches;
+  for (int64_t b : a.batches) batches += (batches.empty() ? "" : ",") + std::to_string(b);
+
+  nlohmann::json reference;
+  if (a.reference) {
+    // The reference runs first: it also writes the random weights when the folder is new.
+    char cmd[4096];
+    std::snprintf(cmd, sizeof cmd,
+                  "%s %s --model '%s' --threads %d --batches %s --prompt-length %lld --new-tokens %lld "
+                  "--repeats %d --dtype %s --json 2>/dev/null",
+                  a.python.c_str(), a.reference_script.c_str(), a.model.c_str(), threads, batches.c_str(),
+                  static_cast<long long>(a.prompt_length), static_cast<long long>(a.new_tokens), a.repeats,
+                  a.dtype.c_str());
+    if (auto r = run_json_command(cmd))
+      reference = *r;
+    else
+      reference = "unavailable: '" + a.python + " " + a.reference_script +
+                  "' failed (needs python3 with torch and transformers)";
+  }
+  if (!std::filesystem::exists(std::filesystem::path(a.model) / "config.json"))
+    throw pal::IoError(a.model +
+                       ": no config.json; run with the Python reference once (it writes the weights) "
+                       "or pass --model with an HF Llama folder");
+  pal::models::LlamaForCausalLM model = pal::models::load_llama(a.model, dtype);
+  int64_t parameters = 0;
+  for (const auto& p : model->parameters()) parameters += p.numel();
+
+  nlohmann::json results = nlohmann::json::array();
+  for (int64_t batch : a.batches) {
+    at::manual_seed(batch);
+    const at::Tensor ids = at::randint(3, model->config().vocab_size, {batch, a.prompt_length}, at::kLong);
+    std::vector<std::vector<int64_t>> prompts;
+    for (int64_t i = 0; i < batch; ++i)
+      prompts.emplace_back(ids[i].data_ptr<int64_t>(), ids[i].data_ptr<int64_t>() + a.prompt_length);
+    pal::models::GenerationOptions options;
+    options.max_new_tokens = a.new_tokens;
+    double rss_first = 0, rss_last = 0;
+    int64_t produced = 0;
+    auto on_token = [&](size_t sequence, int64_t) {
+      if (sequence == 0 && ++produced == 1) rss_first = resident_mib();
+      if (sequence == 0) rss_last = resident_mib();
+      return true;
+    };
+    pal::models::generate(model, prompts, options);  // warm-up
+    std::vector<double> seconds;
+    for (int r = 0; r < a.repeats; ++r) {
+      produced = 0;
+      const auto start = Clock::now();
+      auto out = pal::models::generate(model, prompts, options, on_token);
+      seconds.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+      if (static_cast<int64_t>(out.tokens[0].size()) != a.new_tokens)
+        throw pal::GenerationError("benchmark run ended early");
+    }
+    std::sort(seconds.begin(), seconds.end());
+    const double median = seconds[seconds.size() / 2];
+    nlohmann::json r = {{"batch", batch},
+                        {"tokens_per_s", static_cast<double>(batch * a.new_tokens) / median},
+                        {"seconds", median},
+                        {"rss_mib_after_first_token", rss_first},
+                        {"rss_mib_after_last_token", rss_last}};
+    if (reference.is_object())
+      for (const auto& ref : reference["results"])
+        if (ref["batch"] == batch) {
+          r["reference_tokens_per_s"] = ref["tokens_per_s"];
+          r["ratio_vs_transformers"] = r["tokens_per_s"].get<double>() / ref["tokens_per_s"].get<double>();
+        }
+    results.push_back(r);
+  }
+  nlohmann::json summary = {{"benchmark", "generate"},
+                            {"torch_version", pal::runtime_info().torch_version},
+                            {"threads", threads},
+                            {"dtype", a.dtype},
+                            {"parameters", parameters},
+                            {"prompt_length", a.prompt_length},
+                            {"new_tokens", a.new_tokens},
+                            {"decoding", "greedy, KV cache"},
+                            {"peak_rss_mib", peak_resident_mib()},
+                            {"results", results},
+                            {"reference", reference}};
+  if (a.json) {
+    std::cout << summary.dump(2) << "\n";
+    return 0;
+  }
+  std::printf(
+      "greedy generation, %lld new tokens after %lld prompt tokens, %s, %d threads, %.0fM parameters\n",
+      static_cast<long long>(a.new_tokens), static_cast<long long>(a.prompt_length), a.dtype.c_str(), threads,
+      static_cast<double>(parameters) / 1e6);
+  std::printf("%-6s %12s %14s %8s %22s\n", "batch", "PAL tok/s", "transformers", "ratio",
+              "RSS first/last (MiB)");
+  for (const auto& r : results) {
+    const bool ref = r.contains("ratio_vs_transformers");
+    std::printf("%-6lld %12.1f %14s %8s %10.0f / %-10.0f\n",
+                static_cast<long long>(r["batch"].get<int64_t>()), r["tokens_per_s"].get<double>(),
+                ref ? std::to_string(r["reference_tokens_per_s"].get<double>()).substr(0, 7).c_str() : "-",
+                ref ? std::to_string(r["ratio_vs_transformers"].get<double>()).substr(0, 5).c_str() : "-",
+                r["rss_mib_after_first_token"].get<double>(), r["rss_mib_after_last_token"].get<double>());
+  }
+  std::printf("peak RSS %.0f MiB\n", summary["peak_rss_mib"].get<double>());
+  if (reference.is_string()) std::printf("reference: %s\n", reference.get<std::string>().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -152,6 +306,22 @@ int main(int argc, char** argv) {
   frontend->add_flag("!--no-reference", f.reference, "skip the Python reference");
   frontend->add_option("--python", f.python, "Python with torch and torchaudio for the reference");
   frontend->add_option("--reference-script", f.reference_script, "the reference benchmark script");
+  GenerateArgs g;
+  auto* generate = app.add_subcommand("generate", "greedy generation tokens/s vs transformers' generate");
+  generate->add_option("--model", g.model,
+                       "HF Llama folder (the reference writes random weights there if new)");
+  generate->add_option("--threads", g.threads, "intra-op threads for both; 0: all cores")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--batches", g.batches, "batch sizes")->delimiter(',')->check(CLI::PositiveNumber);
+  generate->add_option("--prompt-length", g.prompt_length, "prompt tokens")->check(CLI::PositiveNumber);
+  generate->add_option("--new-tokens", g.new_tokens, "new tokens per prompt")->check(CLI::PositiveNumber);
+  generate->add_option("--repeats", g.repeats, "timed runs (the median counts)")->check(CLI::PositiveNumber);
+  generate->add_option("--dtype", g.dtype, "weights and activations")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  generate->add_flag("--json", g.json, "print one JSON object");
+  generate->add_flag("!--no-reference", g.reference, "skip the Python reference");
+  generate->add_option("--python", g.python, "Python with torch and transformers for the reference");
+  generate->add_option("--reference-script", g.reference_script, "the reference benchmark script");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -160,6 +330,7 @@ int main(int argc, char** argv) {
   try {
     pal::set_log_level(pal::LogLevel::warn);
     if (*frontend) return bench_frontend(f);
+    if (*generate) return bench_generate(g);
   } catch (const pal::Error& e) {
     std::fprintf(stderr, "pal-bench: error: %s\n", e.what());
     return 1;

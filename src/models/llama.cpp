@@ -151,6 +151,25 @@ torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
+// x [..., in] -> [..., out] = x weight^T + bias. A single row (batch-1 decoding) on the
+// CPU goes through a matrix-vector product: OpenBLAS (under Debian's LibTorch) packs the
+// whole weight for every GEMM, even for one row, which makes a decode step read each
+// weight three times; sgemv reads it once (2.3x faster for a 32000 x 768 head here).
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  if (x.numel() == x.size(-1) && x.device().is_cpu() && x.scalar_type() == torch::kFloat32) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = weight.size(0);
+    torch::Tensor y =
+        bias.defined() ? torch::addmv(bias, weight, x.reshape({-1})) : torch::mv(weight, x.reshape({-1}));
+    return y.view(shape);
+  }
+  return torch::nn::functional::linear(x, weight, bias);
+}
+
+torch::Tensor project(const torch::nn::Linear& layer, const torch::Tensor& x) {
+  return project(x, layer->weight, layer->bias);
+}
+
 }  // namespace
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
@@ -164,9 +183,9 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                           const torch::Tensor& mask, const LayerCacheView* cache) {
   const int64_t batch = x.size(0), length = x.size(1);
-  torch::Tensor q = q_proj(x).view({batch, length, heads_, head_dim_}).transpose(1, 2);
-  torch::Tensor k = k_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
-  torch::Tensor v = v_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor q = project(q_proj, x).view({batch, length, heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor k = project(k_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor v = project(v_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
   q = apply_rotary(q, rope);
   k = apply_rotary(k, rope);
   if (cache) {
@@ -199,7 +218,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTa
 #endif
   // [B, kv_heads, groups * T, D] -> [B, heads, T, D] -> [B, T, heads * D]
   out = out.view({batch, heads_, length, head_dim_});
-  return o_proj(out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_}));
+  return project(o_proj, out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_}));
 }
 
 LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c) {
@@ -209,7 +228,7 @@ LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c) {
 }
 
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  return project(down_proj, torch::silu(project(gate_proj, x)) * project(up_proj, x));
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
@@ -300,7 +319,7 @@ torch::Tensor LlamaForCausalLMImpl::embed(const torch::Tensor& input_ids) {
 }
 
 torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {
-  return lm_head ? lm_head(hidden) : torch::matmul(hidden, model->embed_tokens->weight.t());
+  return project(hidden, lm_head ? lm_head->weight : model->embed_tokens->weight, torch::Tensor());
 }
 
 torch::Tensor LlamaForCausalLMImpl::forward_cached(const torch::Tensor& embeds,
