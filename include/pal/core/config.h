@@ -146,6 +146,12 @@ std::vector<std::string> enum_names() {
 }
 }  // namespace detail
 
+// The YAML name of an enum value with EnumNames ("?" for a value not listed).
+template <class E>
+std::string enum_name(E value) {
+  return detail::enum_to_name(value);
+}
+
 // Reads a struct from a YAML mapping. Obtained from load()/parse(); not built by hand.
 class Reader {
  public:
