@@ -180,8 +180,17 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
   o_proj = register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size, c.o_bias));
 }
 
+ExtraKeyValues LlamaAttentionImpl::key_values(const torch::Tensor& x, const RotaryTables* rope) {
+  const int64_t batch = x.size(0), length = x.size(1);
+  torch::Tensor k = project(k_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor v = project(v_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
+  if (rope) k = apply_rotary(k, *rope);
+  return {k, v};
+}
+
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
-                                          const torch::Tensor& mask, const LayerCacheView* cache) {
+                                          const torch::Tensor& mask, const LayerCacheView* cache,
+                                          const ExtraKeyValues* extra) {
   const int64_t batch = x.size(0), length = x.size(1);
   torch::Tensor q = project(q_proj, x).view({batch, length, heads_, head_dim_}).transpose(1, 2);
   torch::Tensor k = project(k_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
@@ -194,6 +203,10 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTa
     cache->values.narrow(2, cache->past, length).copy_(v);
     k = cache->keys.narrow(2, 0, total);
     v = cache->values.narrow(2, 0, total);
+  }
+  if (extra) {
+    k = torch::cat({extra->keys.to(k.scalar_type()), k}, 2);
+    v = torch::cat({extra->values.to(v.scalar_type()), v}, 2);
   }
   const int64_t keys = k.size(2);
   // GQA without copying keys and values: query head h = g * groups + j reads key/value
@@ -240,8 +253,9 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
 }
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
-                                             const torch::Tensor& mask, const LayerCacheView* cache) {
-  torch::Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, cache);
+                                             const torch::Tensor& mask, const LayerCacheView* cache,
+                                             const ExtraKeyValues* extra) {
+  torch::Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, cache, extra);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -339,11 +353,13 @@ torch::Tensor LlamaForCausalLMImpl::forward_cached(const torch::Tensor& embeds,
 
 // ---- KV cache ----------------------------------------------------------------------------
 
-KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity, torch::TensorOptions options) {
+KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity, torch::TensorOptions options,
+                 int64_t layers) {
   if (batch <= 0 || capacity <= 0)
     throw GenerationError("KV cache: batch and capacity must be > 0, got " + std::to_string(batch) + " and " +
                           std::to_string(capacity));
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+  if (layers < 0) layers = config.num_hidden_layers;
+  for (int64_t i = 0; i < layers; ++i) {
     keys_.push_back(torch::empty({batch, config.num_key_value_heads, capacity, config.head_dim}, options));
     values_.push_back(torch::empty_like(keys_.back()));
   }

@@ -73,13 +73,23 @@ struct LayerCacheView {
   int64_t past = 0;  // positions already stored
 };
 
+// Keys and values from outside the sequence, put before its own keys (the probe route of
+// audio): [B, kv_heads, N, head_dim] each, already rotated.
+struct ExtraKeyValues {
+  torch::Tensor keys, values;
+};
+
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlamaConfig& config);
   // x [B, T, hidden]; rope for the T positions; mask: additive float [B or 1, 1, T, S]
-  // (0 or -inf) over the S keys: S = T without a cache, past + T with one. -> [B, T, hidden]
+  // (0 or -inf) over the S keys: S = T without a cache, past + T with one, plus N in
+  // front with `extra`. -> [B, T, hidden]
   torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask,
-                        const LayerCacheView* cache = nullptr);
+                        const LayerCacheView* cache = nullptr, const ExtraKeyValues* extra = nullptr);
+  // This layer's keys and values of (already normed) x [B, N, hidden], rotated with `rope`
+  // unless it is null: [B, kv_heads, N, head_dim] each.
+  ExtraKeyValues key_values(const torch::Tensor& x, const RotaryTables* rope);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
@@ -99,7 +109,7 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
   torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask,
-                        const LayerCacheView* cache = nullptr);
+                        const LayerCacheView* cache = nullptr, const ExtraKeyValues* extra = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
@@ -124,7 +134,9 @@ TORCH_MODULE(LlamaModel);
 // once for `capacity` positions, and which of those positions are padding.
 class KVCache {
  public:
-  KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity, torch::TensorOptions options);
+  // For `layers` decoder layers (-1: all of the config's).
+  KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity, torch::TensorOptions options,
+          int64_t layers = -1);
   int64_t batch() const { return valid_.size(0); }
   int64_t capacity() const { return valid_.size(1); }
   int64_t length() const { return length_; }  // positions stored so far
