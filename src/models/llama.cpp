@@ -151,39 +151,24 @@ torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
-// x [..., in] -> [..., out] = x weight^T + bias. A single row (batch-1 decoding) on the
-// CPU goes through a matrix-vector product: OpenBLAS (under Debian's LibTorch) packs the
-// whole weight for every GEMM, even for one row, which makes a decode step read each
-// weight three times; sgemv reads it once (2.3x faster for a 32000 x 768 head here).
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  if (x.numel() == x.size(-1) && x.device().is_cpu() && x.scalar_type() == torch::kFloat32) {
-    std::vector<int64_t> shape = x.sizes().vec();
-    shape.back() = weight.size(0);
-    torch::Tensor y =
-        bias.defined() ? torch::addmv(bias, weight, x.reshape({-1})) : torch::mv(weight, x.reshape({-1}));
-    return y.view(shape);
-  }
-  return torch::nn::functional::linear(x, weight, bias);
-}
-
-torch::Tensor project(const torch::nn::Linear& layer, const torch::Tensor& x) {
-  return project(x, layer->weight, layer->bias);
+LoraLinear adaptable(int64_t in, int64_t out, bool bias) {
+  return LoraLinear(in, out, bias);
 }
 
 }  // namespace
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c)
     : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
-  q_proj = register_module("q_proj", linear(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
-  k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
-  v_proj = register_module("v_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
-  o_proj = register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size, c.o_bias));
+  q_proj = register_module("q_proj", adaptable(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
+  k_proj = register_module("k_proj", adaptable(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
+  v_proj = register_module("v_proj", adaptable(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
+  o_proj = register_module("o_proj", adaptable(heads_ * head_dim_, c.hidden_size, c.o_bias));
 }
 
 ExtraKeyValues LlamaAttentionImpl::key_values(const torch::Tensor& x, const RotaryTables* rope) {
   const int64_t batch = x.size(0), length = x.size(1);
-  torch::Tensor k = project(k_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
-  torch::Tensor v = project(v_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor k = k_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor v = v_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
   if (rope) k = apply_rotary(k, *rope);
   return {k, v};
 }
@@ -192,9 +177,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTa
                                           const torch::Tensor& mask, const LayerCacheView* cache,
                                           const ExtraKeyValues* extra) {
   const int64_t batch = x.size(0), length = x.size(1);
-  torch::Tensor q = project(q_proj, x).view({batch, length, heads_, head_dim_}).transpose(1, 2);
-  torch::Tensor k = project(k_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
-  torch::Tensor v = project(v_proj, x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor q = q_proj(x).view({batch, length, heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor k = k_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor v = v_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
   q = apply_rotary(q, rope);
   k = apply_rotary(k, rope);
   if (cache) {
@@ -231,17 +216,17 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTa
 #endif
   // [B, kv_heads, groups * T, D] -> [B, heads, T, D] -> [B, T, heads * D]
   out = out.view({batch, heads_, length, head_dim_});
-  return project(o_proj, out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_}));
+  return o_proj(out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_}));
 }
 
 LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c) {
-  gate_proj = register_module("gate_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
-  up_proj = register_module("up_proj", linear(c.hidden_size, c.intermediate_size, c.mlp_bias));
-  down_proj = register_module("down_proj", linear(c.intermediate_size, c.hidden_size, c.mlp_bias));
+  gate_proj = register_module("gate_proj", adaptable(c.hidden_size, c.intermediate_size, c.mlp_bias));
+  up_proj = register_module("up_proj", adaptable(c.hidden_size, c.intermediate_size, c.mlp_bias));
+  down_proj = register_module("down_proj", adaptable(c.intermediate_size, c.hidden_size, c.mlp_bias));
 }
 
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
-  return project(down_proj, torch::silu(project(gate_proj, x)) * project(up_proj, x));
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {

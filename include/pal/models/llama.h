@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "pal/models/lora.h"
+
 namespace pal::models {
 
 struct LlamaConfig {
@@ -90,7 +92,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
   // This layer's keys and values of (already normed) x [B, N, hidden], rotated with `rope`
   // unless it is null: [B, kv_heads, N, head_dim] each.
   ExtraKeyValues key_values(const torch::Tensor& x, const RotaryTables* rope);
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
@@ -101,7 +103,7 @@ class LlamaMLPImpl : public torch::nn::Module {
  public:
   explicit LlamaMLPImpl(const LlamaConfig& config);
   torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  LoraLinear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(LlamaMLP);
 
