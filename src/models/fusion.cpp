@@ -208,8 +208,6 @@ FusionOutput FusionDecoderImpl::forward(const torch::Tensor& input_ids, const to
   const int64_t probe_from = routed.probe.empty() ? llm->config().num_hidden_layers : probe_layer();
 
   torch::Tensor mask = sequence_mask(lay.valid, dtype);
-  torch::Tensor text_mask =
-      insert > 0 ? sequence_mask(lay.valid.logical_and(lay.is_audio.logical_not()), dtype) : mask;
   torch::Tensor probe_mask;
   RotaryTables audio_rope;
   if (!routed.probe.empty()) {
@@ -217,13 +215,42 @@ FusionOutput FusionDecoderImpl::forward(const torch::Tensor& input_ids, const to
     if (config_.audio_rope == AudioRope::prefix) audio_rope = probe_rotary(routed.probe);
   }
 
-  // Before the insert layer (delayed), audio slots carry the embedding of id 0; their
-  // keys are hidden and their rows are replaced at the insert layer.
-  torch::Tensor h = insert > 0 ? llm->embed(lay.ids) : embed(lay, routed.prefix);
-  if (taps) out.hidden_states.push_back(h);
   const int64_t n = llm->config().num_hidden_layers;
-  for (int64_t l = 0; l < n; ++l) {
-    if (l == insert && insert > 0) h = torch::where(lay.is_audio.unsqueeze(-1), embed(lay, routed.prefix), h);
+  torch::Tensor h;
+  if (insert > 0) {
+    // Layers below the insert layer (delayed) run on the text alone, gathered in order
+    // (positions keep the gap where audio goes); at the insert layer the text rows go
+    // back to their places beside the audio.
+    const int64_t L = lay.ids.size(1), batch = lay.ids.size(0);
+    torch::Tensor is_text = lay.valid.logical_and(lay.is_audio.logical_not());
+    torch::Tensor counts = is_text.sum(1);
+    const int64_t text_length = std::max<int64_t>(1, counts.max().item<int64_t>());
+    torch::Tensor at = torch::arange(L, lay.ids.options());
+    torch::Tensor order = torch::where(is_text, at, at + L).argsort(/*dim=*/1, /*descending=*/false).narrow(1, 0, text_length);
+    torch::Tensor text_valid =
+        torch::arange(text_length, lay.ids.options()).unsqueeze(0) < counts.unsqueeze(1);
+    torch::Tensor rows = torch::arange(batch, lay.ids.options()).unsqueeze(1).expand({batch, text_length});
+    const torch::Tensor row_index = rows.masked_select(text_valid),
+                        col_index = order.masked_select(text_valid);
+    auto to_full = [&](const torch::Tensor& base, const torch::Tensor& text_rows) {
+      return base.index_put({row_index, col_index}, text_rows.index({text_valid}));
+    };
+    const RotaryTables text_rope = llm->rotary(lay.positions.gather(1, order));
+    const torch::Tensor text_only_mask = sequence_mask(text_valid, dtype);
+    torch::Tensor ht = llm->embed(lay.ids.gather(1, order));
+    if (taps) out.hidden_states.push_back(to_full(torch::zeros({batch, L, ht.size(2)}, ht.options()), ht));
+    for (int64_t l = 0; l < insert; ++l) {
+      ht = llm->model->layers[static_cast<size_t>(l)]->as<LlamaDecoderLayer>()->forward(ht, text_rope,
+                                                                                        text_only_mask);
+      if (taps && l + 1 < n)
+        out.hidden_states.push_back(to_full(torch::zeros({batch, L, ht.size(2)}, ht.options()), ht));
+    }
+    h = to_full(embed(lay, routed.prefix), ht);
+  } else {
+    h = embed(lay, routed.prefix);
+    if (taps) out.hidden_states.push_back(h);
+  }
+  for (int64_t l = insert; l < n; ++l) {
     auto decoder = llm->model->layers[static_cast<size_t>(l)]->as<LlamaDecoderLayer>();
     if (l >= probe_from) {
       ExtraKeyValues kv =
@@ -231,7 +258,7 @@ FusionOutput FusionDecoderImpl::forward(const torch::Tensor& input_ids, const to
                                          config_.audio_rope == AudioRope::prefix ? &audio_rope : nullptr);
       h = decoder->forward(h, rope, probe_mask, nullptr, &kv);
     } else {
-      h = decoder->forward(h, rope, l < insert ? text_mask : mask);
+      h = decoder->forward(h, rope, mask);
     }
     if (taps && l + 1 < n) out.hidden_states.push_back(h);
   }
