@@ -21,6 +21,7 @@
 #include "pal/core/runtime.h"
 #include "pal/models/fusion.h"
 #include "pal/models/projector.h"
+#include "pal/models/whisper_encoder.h"
 
 namespace pal::bench {
 namespace {
@@ -60,7 +61,8 @@ models::LlamaConfig bench_llm(const FusionBenchArgs& a) {
 // frozen decoder the backward pass computes activation gradients only (one product per
 // forward product; two for attention's), from the first layer that sees audio on.
 double step_flops(FusionMode mode, const FusionBenchArgs& a, const models::LlamaConfig& c) {
-  const double H = static_cast<double>(c.hidden_size), Hkv = static_cast<double>(c.num_key_value_heads * c.head_dim);
+  const double H = static_cast<double>(c.hidden_size),
+               Hkv = static_cast<double>(c.num_key_value_heads * c.head_dim);
   const double I = static_cast<double>(c.intermediate_size), Na = static_cast<double>(a.audio),
                Nt = static_cast<double>(a.text), B = static_cast<double>(a.batch);
   const int64_t k = mode == FusionMode::prefix ? 0 : a.start_layer;
@@ -72,11 +74,10 @@ double step_flops(FusionMode mode, const FusionBenchArgs& a, const models::Llama
     double lin = 0, att = 0;
     const bool reads_audio = l >= k;
     switch (mode) {
-      case FusionMode::prefix:
-        lin = linear(Na + Nt), att = attention(Na + Nt, Na + Nt);
-        break;
+      case FusionMode::prefix: lin = linear(Na + Nt), att = attention(Na + Nt, Na + Nt); break;
       case FusionMode::delayed:
-        lin = linear(reads_audio ? Na + Nt : Nt), att = reads_audio ? attention(Na + Nt, Na + Nt) : attention(Nt, Nt);
+        lin = linear(reads_audio ? Na + Nt : Nt),
+        att = reads_audio ? attention(Na + Nt, Na + Nt) : attention(Nt, Nt);
         break;
       case FusionMode::probe:
       case FusionMode::pal:
@@ -90,7 +91,13 @@ double step_flops(FusionMode mode, const FusionBenchArgs& a, const models::Llama
   }
   const double head = 2 * static_cast<double>(a.answer) * H * static_cast<double>(c.vocab_size);
   const double projector = 2 * Na * H * H;
-  return B * (forward + backward + 2 * head + 3 * projector);
+  double encoder = 0;  // --whole: Whisper-base forward over Na frames (no backward: frozen)
+  if (a.whole) {
+    const double d = 512, ffn = 2048, mels = 80;
+    encoder = 2 * (2 * Na) * mels * d * 3 + 2 * Na * d * d * 3;             // the two convolutions
+    encoder += 6 * (2 * Na * (4 * d * d + 2 * d * ffn) + 4 * Na * Na * d);  // six blocks
+  }
+  return B * (forward + backward + 2 * head + 3 * projector + encoder);
 }
 
 // One mode, in this process: prints one JSON object.
@@ -105,19 +112,45 @@ int run_one(const FusionBenchArgs& a) {
   fc.start_layer = a.start_layer;
   const int64_t placeholder = c.vocab_size;  // one past the vocabulary, as a tokenizer's added token
   models::FusionDecoder model(llm, fc, placeholder);
+  // The whole step: a frozen Whisper-base encoder (random weights) turns a.audio / 50
+  // seconds of audio into a.audio frames of width 512 in every step.
+  models::WhisperEncoder encoder{nullptr};
+  int64_t feature_width = a.width;
+  if (a.whole) {
+    models::WhisperEncoderConfig wc;
+    wc.d_model = 512;
+    wc.encoder_layers = 6;
+    wc.encoder_attention_heads = 8;
+    wc.encoder_ffn_dim = 2048;
+    wc.num_mel_bins = 80;
+    wc.max_source_positions = std::max<int64_t>(1500, a.audio);
+    encoder = models::WhisperEncoder(wc);
+    encoder->train_last_blocks(0);
+    encoder->eval();
+    feature_width = 512;
+  }
   models::ProjectorConfig pc;
   pc.hidden = a.width;
-  auto projector = models::make_projector(pc, a.width, a.width);
+  auto projector = models::make_projector(pc, feature_width, a.width);
   torch::optim::AdamW optimizer(projector->parameters(), torch::optim::AdamWOptions(1e-4));
 
-  torch::Tensor features = torch::randn({a.batch, a.audio, a.width});
+  torch::Tensor features = torch::randn({a.batch, a.audio, feature_width});
   torch::Tensor audio_mask = torch::ones({a.batch, a.audio}, torch::kBool);
+  const int64_t samples = a.audio * 320;  // 50 frames per second at 16 kHz
+  torch::Tensor waveforms = torch::randn({a.batch, samples}) * 0.1;
+  torch::Tensor lengths = torch::full({a.batch}, samples, torch::kInt64);
   torch::Tensor ids = torch::randint(0, c.vocab_size, {a.batch, a.text + 1}, torch::kInt64);
   ids.select(1, a.text / 4).fill_(placeholder);
   torch::Tensor valid = torch::ones({a.batch, a.text + 1}, torch::kBool);
   torch::Tensor labels = torch::zeros({a.batch, a.text + 1}, torch::kBool);
   labels.narrow(1, a.text + 1 - a.answer, a.answer).fill_(true);
   auto audio_tokens = [&] {
+    if (a.whole) {
+      torch::NoGradGuard no_grad;
+      models::EncoderOutput encoded = encoder->encode(waveforms, lengths);
+      features = encoded.hidden;
+      audio_mask = encoded.mask;
+    }
     models::AudioTokens tokens = projector->forward({features, audio_mask});
     models::EnsembleOutput out;
     out.probe = tokens;
@@ -131,6 +164,7 @@ int run_one(const FusionBenchArgs& a) {
     out.loss.backward();
     optimizer.step();
   };
+  BlasThreadingGuard blas_threading;
   const double rss_before = resident_mib();
   step();  // warm-up
   std::vector<double> seconds;
@@ -181,19 +215,21 @@ int bench_fusion(const FusionBenchArgs& a, const std::string& self_exe) {
       nlohmann::json modes = nlohmann::json::object();
       for (FusionMode mode : {FusionMode::prefix, FusionMode::delayed, FusionMode::probe, FusionMode::pal}) {
         char cmd[1024];
-        std::snprintf(cmd, sizeof cmd,
-                      "'%s' fusion --single %s --audio %lld --text %lld --batch %lld --layers %lld --width %lld "
-                      "--start-layer %lld --answer %lld --repeats %d --threads %d",
-                      self_exe.c_str(), config::enum_name(mode).c_str(), static_cast<long long>(audio),
-                      static_cast<long long>(text), static_cast<long long>(a.batch),
-                      static_cast<long long>(a.layers), static_cast<long long>(a.width),
-                      static_cast<long long>(a.start_layer), static_cast<long long>(a.answer), a.repeats, threads);
+        std::snprintf(
+            cmd, sizeof cmd,
+            "'%s' fusion --single %s --audio %lld --text %lld --batch %lld --layers %lld --width %lld "
+            "--start-layer %lld --answer %lld --repeats %d --threads %d%s",
+            self_exe.c_str(), config::enum_name(mode).c_str(), static_cast<long long>(audio),
+            static_cast<long long>(text), static_cast<long long>(a.batch), static_cast<long long>(a.layers),
+            static_cast<long long>(a.width), static_cast<long long>(a.start_layer),
+            static_cast<long long>(a.answer), a.repeats, threads, a.whole ? " --whole" : "");
         FILE* pipe = popen(cmd, "r");
         std::string text_out;
         char buf[4096];
         size_t n;
         while (pipe && (n = fread(buf, 1, sizeof buf, pipe)) > 0) text_out.append(buf, n);
-        if (!pipe || pclose(pipe) != 0) throw Error(std::string("pal-bench fusion: the run '") + cmd + "' failed");
+        if (!pipe || pclose(pipe) != 0)
+          throw Error(std::string("pal-bench fusion: the run '") + cmd + "' failed");
         modes[config::enum_name(mode)] = nlohmann::json::parse(text_out);
       }
       const nlohmann::json& base = modes["prefix"];
@@ -201,31 +237,36 @@ int bench_fusion(const FusionBenchArgs& a, const std::string& self_exe) {
         m["step_time_ratio"] = m["step_seconds"].get<double>() / base["step_seconds"].get<double>();
         m["step_memory_ratio"] = m["step_memory_mib"].get<double>() / base["step_memory_mib"].get<double>();
         m["flop_ratio"] = m["step_gflop"].get<double>() / base["step_gflop"].get<double>();
-        m["generate_time_ratio"] = m["generate_seconds"].get<double>() / base["generate_seconds"].get<double>();
+        m["generate_time_ratio"] =
+            m["generate_seconds"].get<double>() / base["generate_seconds"].get<double>();
       }
       row["modes"] = modes;
       runs.push_back(row);
       if (!a.json)
         for (auto& [name, m] : modes.items())
-          std::printf("Na %5lld Nt %4lld %-8s step %7.3f s (x%.2f, FLOPs x%.2f)  memory %7.1f MiB (x%.2f)  "
-                      "generate %6.3f s (x%.2f)\n",
-                      static_cast<long long>(audio), static_cast<long long>(text), name.c_str(),
-                      m["step_seconds"].get<double>(), m["step_time_ratio"].get<double>(),
-                      m["flop_ratio"].get<double>(), m["step_memory_mib"].get<double>(),
-                      m["step_memory_ratio"].get<double>(), m["generate_seconds"].get<double>(),
-                      m["generate_time_ratio"].get<double>());
+          std::printf(
+              "Na %5lld Nt %4lld %-8s step %7.3f s (x%.2f, FLOPs x%.2f)  memory %7.1f MiB (x%.2f)  "
+              "generate %6.3f s (x%.2f)\n",
+              static_cast<long long>(audio), static_cast<long long>(text), name.c_str(),
+              m["step_seconds"].get<double>(), m["step_time_ratio"].get<double>(),
+              m["flop_ratio"].get<double>(), m["step_memory_mib"].get<double>(),
+              m["step_memory_ratio"].get<double>(), m["generate_seconds"].get<double>(),
+              m["generate_time_ratio"].get<double>());
     }
   if (a.json) {
-    nlohmann::json summary = {{"benchmark", "fusion"},
-                              {"part", "LLM (audio features given; trainable MLP projector; frozen decoder)"},
-                              {"torch_version", runtime_info().torch_version},
-                              {"threads", threads},
-                              {"batch", a.batch},
-                              {"layers", a.layers},
-                              {"width", a.width},
-                              {"start_layer", a.start_layer},
-                              {"answer_tokens", a.answer},
-                              {"runs", runs}};
+    nlohmann::json summary = {
+        {"benchmark", "fusion"},
+        {"part", a.whole ? "whole step: frozen Whisper-base encoder (random weights) + "
+                           "trainable MLP projector + frozen decoder"
+                         : "LLM (audio features given; trainable MLP projector; frozen decoder)"},
+        {"torch_version", runtime_info().torch_version},
+        {"threads", threads},
+        {"batch", a.batch},
+        {"layers", a.layers},
+        {"width", a.width},
+        {"start_layer", a.start_layer},
+        {"answer_tokens", a.answer},
+        {"runs", runs}};
     std::cout << summary.dump(2) << "\n";
   }
   return 0;

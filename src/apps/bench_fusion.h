@@ -20,6 +20,7 @@ struct FusionBenchArgs {
   int repeats = 3;
   int threads = 0;
   bool json = false;
+  bool whole = false;  // include a frozen Whisper-base encoder in the step (Na = 50 frames per second)
   // A single run in this process (what the parent starts per mode).
   bool single_run = false;
   models::FusionMode single = models::FusionMode::prefix;

@@ -9,6 +9,12 @@
 //                                 and 8) with a ~100M-parameter Llama, beside transformers'
 //                                 generate on the same weights (scripts/bench/
 //                                 generate_reference.py writes them); peak and per-token RSS
+//   pal-bench encoders [--json]   clips/s of a Whisper-base and an AST-base encoder (random
+//                                 weights) on batches of 8 10 s clips, forward only, beside
+//                                 transformers' WhisperEncoder (at 30 s, the only length it
+//                                 takes) and ASTModel on the same weights (scripts/bench/
+//                                 encoders_reference.py writes them); PAL's Whisper runs the
+//                                 clips unpadded and, for a like-for-like figure, padded to 30 s
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -29,9 +35,12 @@
 #include "pal/audio/frontend.h"
 #include "pal/core/error.h"
 #include "pal/core/logging.h"
+#include "bench_fusion.h"
 #include "pal/core/runtime.h"
+#include "pal/models/ast_encoder.h"
 #include "pal/models/generation.h"
 #include "pal/models/llama.h"
+#include "pal/models/whisper_encoder.h"
 
 namespace {
 
@@ -290,6 +299,136 @@ int bench_generate(const GenerateArgs& a) {
   return 0;
 }
 
+// ---- encoders --------------------------------------------------------------------------------
+
+struct EncodersArgs {
+  std::string folder = (std::filesystem::temp_directory_path() / "pal-bench-encoders").string();
+  int threads = 0;  // 0: all cores
+  int64_t batch = 8;
+  double seconds = 10;
+  int repeats = 3;
+  bool json = false;
+  bool reference = true;
+  std::string python = std::filesystem::exists(PAL_SOURCE_DIR "/build/pip/venv/bin/python") ? PAL_SOURCE_DIR
+                           "/build/pip/venv/bin/python"
+                                                                                            : "python3";
+  std::string reference_script = PAL_SOURCE_DIR "/scripts/bench/encoders_reference.py";
+};
+
+// Runs `work` once to warm up, then `repeats` times; the median seconds.
+double median_seconds(const std::function<void()>& work, int repeats) {
+  work();
+  std::vector<double> seconds;
+  for (int r = 0; r < repeats; ++r) {
+    const auto start = Clock::now();
+    work();
+    seconds.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return seconds[seconds.size() / 2];
+}
+
+int bench_encoders(const EncodersArgs& a) {
+  const int threads = a.threads > 0 ? a.threads : pal::available_cores();
+  pal::configure_threads({threads, 0});
+  nlohmann::json reference;
+  if (a.reference) {
+    // The reference runs first: it also writes the random weights when the folders are new.
+    char cmd[4096];
+    std::snprintf(cmd, sizeof cmd,
+                  "%s %s --folder '%s' --threads %d --batch %lld --repeats %d --json 2>/dev/null",
+                  a.python.c_str(), a.reference_script.c_str(), a.folder.c_str(), threads,
+                  static_cast<long long>(a.batch), a.repeats);
+    if (auto r = run_json_command(cmd))
+      reference = *r;
+    else
+      reference = "unavailable: '" + a.python + " " + a.reference_script +
+                  "' failed (needs python3 with torch and transformers)";
+  }
+  const std::filesystem::path folder(a.folder);
+  for (const char* name : {"whisper_base", "ast_base"})
+    if (!std::filesystem::exists(folder / name / "config.json"))
+      throw pal::IoError((folder / name).string() +
+                         ": no config.json; run with the Python reference once (it writes the weights)");
+  const int64_t samples = static_cast<int64_t>(a.seconds * pal::audio::kSampleRate);
+  at::manual_seed(0);
+  const at::Tensor waveforms = at::randn({a.batch, samples}) * 0.1;
+  const at::Tensor lengths = at::full({a.batch}, samples, at::kLong);
+  c10::InferenceMode inference;
+  auto rate = [&](double seconds) { return static_cast<double>(a.batch) / seconds; };
+
+  // The frontends run outside the timing (as in the reference): forward_features only.
+  nlohmann::json whisper;
+  {
+    pal::models::WhisperEncoder model = pal::models::load_whisper_encoder(folder / "whisper_base");
+    const pal::audio::Features clip = model->frontend()(waveforms, lengths);
+    pal::audio::WhisperMelOptions padded_options;
+    padded_options.pad_to_30s = true;
+    const pal::audio::Features padded = pal::audio::WhisperMelFrontend(padded_options)(waveforms, lengths);
+    const double unpadded_s =
+        median_seconds([&] { model->forward_features(clip.values, clip.lengths, false); }, a.repeats);
+    const double padded_s =
+        median_seconds([&] { model->forward_features(padded.values, padded.lengths, false); }, a.repeats);
+    whisper = {{"pal_unpadded_clips_per_s", rate(unpadded_s)},
+               {"pal_pad_to_30s_clips_per_s", rate(padded_s)},
+               {"pal_input",
+                "unpadded: [B, " + std::to_string(clip.values.size(1)) + ", 80]; pad_to_30s: [B, 3000, 80]"}};
+    if (reference.is_object() && reference.contains("whisper_pad_to_30s")) {
+      const double ref = reference["whisper_pad_to_30s"]["clips_per_s"].get<double>();
+      whisper["transformers_pad_to_30s_clips_per_s"] = ref;
+      whisper["ratio_as_users_run_it"] = rate(unpadded_s) / ref;  // PAL unpadded vs transformers at 30 s
+      whisper["ratio_same_input"] = rate(padded_s) / ref;         // both at 30 s
+    }
+  }
+  nlohmann::json ast;
+  {
+    pal::models::AstEncoder model = pal::models::load_ast_encoder(folder / "ast_base");
+    const pal::audio::Features clip = model->frontend()(waveforms, lengths);
+    const double s =
+        median_seconds([&] { model->forward_features(clip.values, clip.lengths, false); }, a.repeats);
+    ast = {{"pal_clips_per_s", rate(s)}, {"pal_input", "[B, 1024, 128]"}};
+    if (reference.is_object() && reference.contains("ast")) {
+      const double ref = reference["ast"]["clips_per_s"].get<double>();
+      ast["transformers_clips_per_s"] = ref;
+      ast["ratio_vs_transformers"] = rate(s) / ref;
+    }
+  }
+  nlohmann::json summary = {
+      {"benchmark", "encoders"},
+      {"torch_version", pal::runtime_info().torch_version},
+      {"threads", threads},
+      {"batch", a.batch},
+      {"clip_seconds", a.seconds},
+      {"timed", "encoder forward only (frontends excluded on both sides), inference mode, fp32, median of " +
+                    std::to_string(a.repeats) + " after a warm-up"},
+      {"whisper_base", whisper},
+      {"ast_base", ast},
+      {"reference", reference}};
+  if (a.json) {
+    std::cout << summary.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("audio encoders, clips/s, batch %lld of %g s clips, %d threads, forward only (no frontend)\n",
+              static_cast<long long>(a.batch), a.seconds, threads);
+  auto ref_or_dash = [](const nlohmann::json& j, const char* key) {
+    return j.contains(key) ? std::to_string(j[key].get<double>()).substr(0, 6) : std::string("-");
+  };
+  std::printf("%-28s %10s %14s %8s\n", "", "PAL", "transformers", "ratio");
+  std::printf("%-28s %10.2f %14s %8s\n", "whisper-base, PAL unpadded",
+              whisper["pal_unpadded_clips_per_s"].get<double>(),
+              ref_or_dash(whisper, "transformers_pad_to_30s_clips_per_s").c_str(),
+              ref_or_dash(whisper, "ratio_as_users_run_it").c_str());
+  std::printf("%-28s %10.2f %14s %8s\n", "whisper-base, both at 30 s",
+              whisper["pal_pad_to_30s_clips_per_s"].get<double>(),
+              ref_or_dash(whisper, "transformers_pad_to_30s_clips_per_s").c_str(),
+              ref_or_dash(whisper, "ratio_same_input").c_str());
+  std::printf("%-28s %10.2f %14s %8s\n", "ast-base, 1024 frames", ast["pal_clips_per_s"].get<double>(),
+              ref_or_dash(ast, "transformers_clips_per_s").c_str(),
+              ref_or_dash(ast, "ratio_vs_transformers").c_str());
+  if (reference.is_string()) std::printf("reference: %s\n", reference.get<std::string>().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -322,6 +461,39 @@ int main(int argc, char** argv) {
   generate->add_flag("!--no-reference", g.reference, "skip the Python reference");
   generate->add_option("--python", g.python, "Python with torch and transformers for the reference");
   generate->add_option("--reference-script", g.reference_script, "the reference benchmark script");
+  EncodersArgs e;
+  auto* encoders = app.add_subcommand(
+      "encoders", "Whisper-base and AST-base encoder clips/s vs transformers on the same random weights");
+  encoders->add_option("--folder", e.folder,
+                       "folder of the HF checkpoints (the reference writes them if new)");
+  encoders->add_option("--threads", e.threads, "intra-op threads for both; 0: all cores")
+      ->check(CLI::NonNegativeNumber);
+  encoders->add_option("--batch", e.batch, "clips per batch")->check(CLI::PositiveNumber);
+  encoders->add_option("--seconds", e.seconds, "seconds per clip (Whisper unpadded; AST pads to 10.24 s)")
+      ->check(CLI::Range(1.0, 30.0));
+  encoders->add_option("--repeats", e.repeats, "timed runs (the median counts)")->check(CLI::PositiveNumber);
+  encoders->add_flag("--json", e.json, "print one JSON object");
+  encoders->add_flag("!--no-reference", e.reference, "skip the Python reference");
+  encoders->add_option("--python", e.python, "Python with torch and transformers for the reference");
+  encoders->add_option("--reference-script", e.reference_script, "the reference benchmark script");
+  pal::bench::FusionBenchArgs fu;
+  auto* fusion = app.add_subcommand("fusion", "training step, memory, generation and FLOPs of each fusion mode");
+  fusion->add_option("--audio-lengths", fu.audio_lengths, "audio tokens Na")->delimiter(',');
+  fusion->add_option("--text-lengths", fu.text_lengths, "text tokens Nt")->delimiter(',');
+  fusion->add_option("--batch", fu.batch, "examples per step")->check(CLI::PositiveNumber);
+  fusion->add_option("--layers", fu.layers, "decoder layers")->check(CLI::PositiveNumber);
+  fusion->add_option("--width", fu.width, "decoder width (a multiple of 128)")->check(CLI::PositiveNumber);
+  fusion->add_option("--start-layer", fu.start_layer, "fusion.start_layer")->check(CLI::NonNegativeNumber);
+  fusion->add_option("--answer", fu.answer, "answer tokens (the loss)")->check(CLI::PositiveNumber);
+  fusion->add_option("--repeats", fu.repeats, "timed steps (the median counts)")->check(CLI::PositiveNumber);
+  fusion->add_option("--threads", fu.threads, "intra-op threads; 0: all cores")->check(CLI::NonNegativeNumber);
+  fusion->add_flag("--json", fu.json, "print one JSON object");
+  fusion->add_flag("--whole", fu.whole, "the whole step: a frozen Whisper-base encoder computes the audio frames");
+  std::string single;
+  fusion->add_option("--single", single, "run one mode in this process (internal)")
+      ->check(CLI::IsMember({"prefix", "delayed", "probe", "pal"}));
+  fusion->add_option("--audio", fu.audio, "Na of a --single run");
+  fusion->add_option("--text", fu.text, "Nt of a --single run");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -331,6 +503,17 @@ int main(int argc, char** argv) {
     pal::set_log_level(pal::LogLevel::warn);
     if (*frontend) return bench_frontend(f);
     if (*generate) return bench_generate(g);
+    if (*encoders) return bench_encoders(e);
+    if (*fusion) {
+      if (!single.empty()) {
+        fu.single_run = true;
+        fu.single = single == "prefix"    ? pal::models::FusionMode::prefix
+                    : single == "delayed" ? pal::models::FusionMode::delayed
+                    : single == "probe"   ? pal::models::FusionMode::probe
+                                          : pal::models::FusionMode::pal;
+      }
+      return pal::bench::bench_fusion(fu, std::filesystem::read_symlink("/proc/self/exe").string());
+    }
   } catch (const pal::Error& e) {
     std::fprintf(stderr, "pal-bench: error: %s\n", e.what());
     return 1;

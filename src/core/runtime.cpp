@@ -98,6 +98,27 @@ std::string cpu_blas() {
 
 }  // namespace
 
+bool blas_has_own_threads() {
+  static const bool own = [] {
+    const std::string blas = cpu_blas();
+    return blas.find("openblas-pthread") != std::string::npos ||
+           blas.find("libopenblasp") != std::string::npos;
+  }();
+  return own;
+}
+
+BlasThreadingGuard::BlasThreadingGuard() {
+  if (!blas_has_own_threads()) return;
+  const int threads = at::get_num_threads();
+  if (threads <= 1) return;
+  saved_ = threads;
+  at::set_num_threads(1);
+}
+
+BlasThreadingGuard::~BlasThreadingGuard() {
+  if (saved_ > 0) at::set_num_threads(saved_);
+}
+
 RuntimeInfo runtime_info() {
   RuntimeInfo info;
   info.pal_version = PAL_VERSION_STRING;

@@ -99,7 +99,8 @@ EncoderEnsembleImpl::EncoderEnsembleImpl(const EnsembleConfig& config,
     alignment_.push_back(a);
     const int64_t stacked = s.align == TimeAlignment::stack ? in.width * a.factor : in.width;
     streams->push_back(StreamProjection(in.width, stacked, config_.width));
-    if (s.summary_token) summaries->push_back(StreamProjection(in.width, in.width, config_.width));
+    const int64_t summary_width = in.cls_width > 0 ? in.cls_width : in.width;
+    if (s.summary_token) summaries->push_back(StreamProjection(summary_width, summary_width, config_.width));
   }
   if (config_.fusion == EnsembleFusion::concat_time)
     type_embedding = register_parameter(

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "pal/core/error.h"
+#include "pal/core/runtime.h"
 
 namespace pal::models {
 namespace {
@@ -226,7 +227,8 @@ FusionOutput FusionDecoderImpl::forward(const torch::Tensor& input_ids, const to
     torch::Tensor counts = is_text.sum(1);
     const int64_t text_length = std::max<int64_t>(1, counts.max().item<int64_t>());
     torch::Tensor at = torch::arange(L, lay.ids.options());
-    torch::Tensor order = torch::where(is_text, at, at + L).argsort(/*dim=*/1, /*descending=*/false).narrow(1, 0, text_length);
+    torch::Tensor order =
+        torch::where(is_text, at, at + L).argsort(/*dim=*/1, /*descending=*/false).narrow(1, 0, text_length);
     torch::Tensor text_valid =
         torch::arange(text_length, lay.ids.options()).unsqueeze(0) < counts.unsqueeze(1);
     torch::Tensor rows = torch::arange(batch, lay.ids.options()).unsqueeze(1).expand({batch, text_length});
@@ -312,6 +314,7 @@ GenerationResult FusionDecoderImpl::generate(const std::vector<std::vector<int64
     longest = std::max(longest, prompts[i].size());
   }
   c10::InferenceMode inference;
+  BlasThreadingGuard blas_threading;
   const torch::Tensor weight = llm->model->embed_tokens->weight;
   const auto device = weight.device();
   const auto dtype = weight.scalar_type();

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "pal/core/error.h"
+#include "pal/core/runtime.h"
 
 namespace pal::models {
 
@@ -221,6 +222,7 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<std::vector
   const int64_t batch = static_cast<int64_t>(prompts.size());
 
   c10::InferenceMode inference;
+  BlasThreadingGuard blas_threading;
   const torch::Tensor weight = model->model->embed_tokens->weight;
   const auto device = weight.device();
   // Left padding: every row's last prompt token is at the last position.

@@ -43,4 +43,25 @@ struct RuntimeInfo {
 // Collects RuntimeInfo for the running process.
 RuntimeInfo runtime_info();
 
+// True when LibTorch's CPU BLAS runs its own thread pool beside LibTorch's OpenMP
+// threads (Debian's LibTorch with OpenBLAS-pthread). Checked once per process.
+bool blas_has_own_threads();
+
+// For matmul-bound loops (decoding, training steps) in the calling thread: when
+// blas_has_own_threads(), LibTorch's intra-op threads drop to 1 while the guard lives
+// and OpenBLAS keeps every core. Otherwise OpenMP's workers spin-wait between parallel
+// regions and starve the BLAS threads: batch-8 decoding of a 100M Llama on 2 cores ran
+// at 52 tokens/s with 2 intra-op threads and 161 with this (pal-bench generate). A no-op
+// with other BLAS builds (PyPI's LibTorch: MKL on the same OpenMP pool).
+class BlasThreadingGuard {
+ public:
+  BlasThreadingGuard();
+  ~BlasThreadingGuard();
+  BlasThreadingGuard(const BlasThreadingGuard&) = delete;
+  BlasThreadingGuard& operator=(const BlasThreadingGuard&) = delete;
+
+ private:
+  int saved_ = 0;  // intra-op threads to restore; 0: nothing changed
+};
+
 }  // namespace pal

@@ -17,19 +17,19 @@ namespace pal::models {
 struct EncoderOutput {
   at::Tensor hidden;  // [B, T, width]: one vector per time step
   at::Tensor mask;    // [B, T] bool: true at valid time steps (clips shorter than the batch's longest)
-  at::Tensor cls;     // [B, cls_width] summary token(s) pooled to one vector, or undefined when the encoder has none
+  at::Tensor cls;     // [B, cls_width] summary token(s) pooled to one vector; undefined if none
 };
 
 class AudioEncoder : public torch::nn::Module {
  public:
   // waveforms [B, N] float32 16 kHz mono, zero-padded; lengths [B] int64 valid samples.
   virtual EncoderOutput encode(const at::Tensor& waveforms, const at::Tensor& lengths) = 0;
-  virtual int64_t width() const = 0;           // hidden size of `hidden`
+  virtual int64_t width() const = 0;  // hidden size of `hidden`
   // Size of `cls`: width() unless an encoder widens `hidden` (an AST-family encoder that
   // stacks its frequency patches: width = hidden size x frequency patches).
   virtual int64_t cls_width() const { return width(); }
   virtual double frames_per_second() const = 0;  // time steps of `hidden` per second of audio
-  virtual std::string type() const = 0;        // the registry name, e.g. "whisper", "ast"
+  virtual std::string type() const = 0;          // the registry name, e.g. "whisper", "ast"
 
   // Freezes every parameter, then makes the last `n` transformer blocks (and the final
   // norm, when n > 0) trainable again. n = 0: fully frozen (the default for ensembles).

@@ -108,6 +108,7 @@ struct EnsembleInput {
   std::string name;   // for messages, e.g. "encoders[0] (whisper)"
   int64_t width = 0;  // the encoder's hidden size
   double frames_per_second = 0;
+  int64_t cls_width = 0;  // size of its summary (cls) vector; 0: width
 };
 
 class EncoderEnsembleImpl : public torch::nn::Module {
