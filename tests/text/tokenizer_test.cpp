@@ -308,6 +308,7 @@ TEST(Tokenizer, MissingFilesNameThePath) {
 }
 
 TEST(Tokenizer, CorruptSentencepieceModelNamesTheFile) {
+  SKIP_WITHOUT_SENTENCEPIECE();
   test::TempDir dir;
   std::string model = read_text(tokenizer_fixture("sentencepiece") / "tokenizer.model");
   for (const std::string& bytes :
