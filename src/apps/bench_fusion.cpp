@@ -24,10 +24,6 @@
 #include "pal/models/whisper_encoder.h"
 
 namespace pal::bench {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-using models::FusionMode;
 
 double resident_mib() {
   std::ifstream statm("/proc/self/statm");
@@ -41,6 +37,11 @@ double peak_resident_mib() {
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using models::FusionMode;
 
 models::LlamaConfig bench_llm(const FusionBenchArgs& a) {
   models::LlamaConfig c;

@@ -27,6 +27,10 @@ struct FusionBenchArgs {
   int64_t audio = 750, text = 128;
 };
 
+// Resident memory of this process now, and its peak so far, in MiB.
+double resident_mib();
+double peak_resident_mib();
+
 // self_exe: this program, to run each mode in a child process.
 int bench_fusion(const FusionBenchArgs& args, const std::string& self_exe);
 

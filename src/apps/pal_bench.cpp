@@ -31,11 +31,11 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_fusion.h"
 #include "pal/audio/decode.h"
 #include "pal/audio/frontend.h"
 #include "pal/core/error.h"
 #include "pal/core/logging.h"
-#include "bench_fusion.h"
 #include "pal/core/runtime.h"
 #include "pal/models/ast_encoder.h"
 #include "pal/models/generation.h"
@@ -180,18 +180,8 @@ struct GenerateArgs {
   std::string reference_script = PAL_SOURCE_DIR "/scripts/bench/generate_reference.py";
 };
 
-double resident_mib() {  // current RSS
-  std::ifstream statm("/proc/self/statm");
-  long pages = 0, resident = 0;
-  statm >> pages >> resident;
-  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
-}
-
-double peak_resident_mib() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;
-}
+using pal::bench::peak_resident_mib;
+using pal::bench::resident_mib;
 
 int bench_generate(const GenerateArgs& a) {
   const int threads = a.threads > 0 ? a.threads : pal::available_cores();
@@ -477,7 +467,8 @@ int main(int argc, char** argv) {
   encoders->add_option("--python", e.python, "Python with torch and transformers for the reference");
   encoders->add_option("--reference-script", e.reference_script, "the reference benchmark script");
   pal::bench::FusionBenchArgs fu;
-  auto* fusion = app.add_subcommand("fusion", "training step, memory, generation and FLOPs of each fusion mode");
+  auto* fusion =
+      app.add_subcommand("fusion", "training step, memory, generation and FLOPs of each fusion mode");
   fusion->add_option("--audio-lengths", fu.audio_lengths, "audio tokens Na")->delimiter(',');
   fusion->add_option("--text-lengths", fu.text_lengths, "text tokens Nt")->delimiter(',');
   fusion->add_option("--batch", fu.batch, "examples per step")->check(CLI::PositiveNumber);
@@ -486,9 +477,11 @@ int main(int argc, char** argv) {
   fusion->add_option("--start-layer", fu.start_layer, "fusion.start_layer")->check(CLI::NonNegativeNumber);
   fusion->add_option("--answer", fu.answer, "answer tokens (the loss)")->check(CLI::PositiveNumber);
   fusion->add_option("--repeats", fu.repeats, "timed steps (the median counts)")->check(CLI::PositiveNumber);
-  fusion->add_option("--threads", fu.threads, "intra-op threads; 0: all cores")->check(CLI::NonNegativeNumber);
+  fusion->add_option("--threads", fu.threads, "intra-op threads; 0: all cores")
+      ->check(CLI::NonNegativeNumber);
   fusion->add_flag("--json", fu.json, "print one JSON object");
-  fusion->add_flag("--whole", fu.whole, "the whole step: a frozen Whisper-base encoder computes the audio frames");
+  fusion->add_flag("--whole", fu.whole,
+                   "the whole step: a frozen Whisper-base encoder computes the audio frames");
   std::string single;
   fusion->add_option("--single", single, "run one mode in this process (internal)")
       ->check(CLI::IsMember({"prefix", "delayed", "probe", "pal"}));
