@@ -1,6 +1,7 @@
 // Helpers shared by the tests.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -74,6 +75,15 @@ inline CommandResult run_command(const std::string& command) {
 // Folder of committed test data (tests/fixtures).
 inline std::filesystem::path fixtures() {
   return PAL_TEST_FIXTURES;
+}
+
+// The parity measure: max |ours - reference| / max |reference|, in double. A shape
+// mismatch fails the calling test and returns a huge value.
+inline double relative_error(const at::Tensor& ours, const at::Tensor& reference) {
+  EXPECT_EQ(ours.sizes(), reference.sizes());
+  if (ours.sizes() != reference.sizes()) return 1e9;
+  return (ours.to(at::kDouble) - reference.to(at::kDouble)).abs().max().item<double>() /
+         reference.to(at::kDouble).abs().max().item<double>();
 }
 
 }  // namespace pal::test

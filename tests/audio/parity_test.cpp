@@ -23,12 +23,7 @@ namespace {
 
 constexpr double kTolerance = 1e-4;
 
-double relative_error(const at::Tensor& ours, const at::Tensor& reference) {
-  EXPECT_EQ(ours.sizes(), reference.sizes());
-  if (ours.sizes() != reference.sizes()) return 1e9;
-  return (ours.to(torch::kDouble) - reference.to(torch::kDouble)).abs().max().item<double>() /
-         reference.to(torch::kDouble).abs().max().item<double>();
-}
+using test::relative_error;
 
 struct Fixture {
   std::string stem;

@@ -11,14 +11,11 @@
 namespace pal::models {
 namespace {
 
-std::filesystem::path llm_fixture(const std::string& name) { return test::fixtures() / "llm" / name; }
-
-double relative_error(const torch::Tensor& ours, const torch::Tensor& reference) {
-  EXPECT_EQ(ours.sizes(), reference.sizes());
-  if (ours.sizes() != reference.sizes()) return 1e9;
-  return (ours.to(torch::kDouble) - reference.to(torch::kDouble)).abs().max().item<double>() /
-         reference.to(torch::kDouble).abs().max().item<double>();
+std::filesystem::path llm_fixture(const std::string& name) {
+  return test::fixtures() / "llm" / name;
 }
+
+using test::relative_error;
 
 // Logits and every hidden-state tap against transformers, fp32, max relative error 1e-4.
 void expect_parity(const std::string& name) {
@@ -30,7 +27,8 @@ void expect_parity(const std::string& name) {
   ASSERT_EQ(out.hidden_states.size(), static_cast<size_t>(model->config().num_hidden_layers + 1));
   for (size_t i = 0; i < out.hidden_states.size(); ++i) {
     SCOPED_TRACE("hidden_states." + std::to_string(i));
-    EXPECT_LE(relative_error(out.hidden_states[i], expected.tensor("hidden_states." + std::to_string(i))), 1e-4);
+    EXPECT_LE(relative_error(out.hidden_states[i], expected.tensor("hidden_states." + std::to_string(i))),
+              1e-4);
   }
   EXPECT_LE(relative_error(out.logits, expected.tensor("logits")), 1e-4);
   // The rotary tables for positions 0..255 (RoPE and llama3's frequency bands).
@@ -39,8 +37,12 @@ void expect_parity(const std::string& name) {
   EXPECT_LE((rope.sin[0] - expected.tensor("rope_sin")).abs().max().item<double>(), 1e-4);
 }
 
-TEST(ParityLlama, LlamaWithLlama3RopeGqaAndTiedEmbeddingsMatchesTransformers) { expect_parity("tiny_llama"); }
-TEST(ParityLlama, Qwen2WithBiasesAndUntiedHeadMatchesTransformers) { expect_parity("tiny_qwen2"); }
+TEST(ParityLlama, LlamaWithLlama3RopeGqaAndTiedEmbeddingsMatchesTransformers) {
+  expect_parity("tiny_llama");
+}
+TEST(ParityLlama, Qwen2WithBiasesAndUntiedHeadMatchesTransformers) {
+  expect_parity("tiny_qwen2");
+}
 
 TEST(Llama, ReadsBothRopeConfigFormats) {
   LlamaConfig c = LlamaConfig::from_json_file(llm_fixture("tiny_llama") / "config.json");
@@ -67,7 +69,8 @@ TEST(Llama, BadConfigsNameFileAndKey) {
     test::write_bytes(dir / "config.json", json);
     return test::error_message<ConfigError>([&] { LlamaConfig::from_json_file(dir / "config.json"); });
   };
-  std::string base = R"("vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2)";
+  std::string base =
+      R"("vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2)";
   std::string msg = error("{" + base + "}");
   EXPECT_NE(msg.find("config.json: num_hidden_layers: required key is missing"), std::string::npos) << msg;
   msg = error(R"({"model_type": "mistral", )" + base + R"(, "num_hidden_layers": 1})");
@@ -98,7 +101,8 @@ TEST(Llama, LoadingErrorsNameTheTensor) {
   {
     test::TempDir dir;
     auto folder = edited_checkpoint(dir, [](io::NamedTensors& t) {
-      t.erase(std::remove_if(t.begin(), t.end(), [](auto& p) { return p.first == "model.layers.1.mlp.up_proj.weight"; }),
+      t.erase(std::remove_if(t.begin(), t.end(),
+                             [](auto& p) { return p.first == "model.layers.1.mlp.up_proj.weight"; }),
               t.end());
     });
     std::string msg = test::error_message<WeightsError>([&] { load_llama(folder); });
@@ -117,7 +121,9 @@ TEST(Llama, LoadingErrorsNameTheTensor) {
   }
   {
     test::TempDir dir;
-    auto folder = edited_checkpoint(dir, [](io::NamedTensors& t) { t.push_back({"model.extra.bias", torch::ones({2})}); });
+    auto folder = edited_checkpoint(dir, [](io::NamedTensors& t) {
+      t.push_back({"model.extra.bias", torch::ones({2})});
+    });
     std::string msg = test::error_message<WeightsError>([&] { load_llama(folder); });
     EXPECT_NE(msg.find("unexpected tensor 'model.extra.bias'"), std::string::npos) << msg;
   }

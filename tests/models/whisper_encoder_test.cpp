@@ -14,12 +14,7 @@ std::filesystem::path encoder_fixture(const std::string& name) {
   return test::fixtures() / "encoders" / name;
 }
 
-double relative_error(const torch::Tensor& ours, const torch::Tensor& reference) {
-  EXPECT_EQ(ours.sizes(), reference.sizes());
-  if (ours.sizes() != reference.sizes()) return 1e9;
-  return (ours.to(torch::kDouble) - reference.to(torch::kDouble)).abs().max().item<double>() /
-         reference.to(torch::kDouble).abs().max().item<double>();
-}
+using test::relative_error;
 
 torch::Tensor lengths_of(std::vector<int64_t> v) {
   return torch::tensor(v, torch::kLong);
