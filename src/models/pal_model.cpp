@@ -54,7 +54,7 @@ EncoderRegistry& encoder_registry() {
 PalModelImpl::~PalModelImpl() = default;
 
 PalModelImpl::PalModelImpl(const PalModelConfig& config, const std::filesystem::path& base_dir)
-    : config_(config) {
+    : config_(config), base_dir_(base_dir) {
   const torch::Dtype dtype = to_dtype(config_.dtype);
   if (config_.encoders.empty()) throw ConfigError("model.encoders: at least one encoder is needed");
   encoders = register_module("encoders", torch::nn::ModuleList());

@@ -126,6 +126,8 @@ class PalModelImpl : public torch::nn::Module {
   int64_t audio_token_id() const { return audio_token_id_; }
   const text::Tokenizer* tokenizer() const { return tokenizer_.get(); }  // null when the LLM folder has none
   const PalModelConfig& config() const { return config_; }
+  // The folder the config's relative paths are taken from.
+  const std::filesystem::path& base_dir() const { return base_dir_; }
 
   torch::nn::ModuleList encoders{nullptr};
   EncoderEnsemble ensemble{nullptr};
@@ -134,6 +136,7 @@ class PalModelImpl : public torch::nn::Module {
 
  private:
   PalModelConfig config_;
+  std::filesystem::path base_dir_;
   std::unique_ptr<text::Tokenizer> tokenizer_;
   int64_t audio_token_id_ = -1;
 };
