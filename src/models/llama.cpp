@@ -419,4 +419,29 @@ LlamaForCausalLM load_llama(const std::filesystem::path& folder, torch::Dtype dt
   return model;
 }
 
+LlamaForCausalLM init_llama(const std::filesystem::path& folder, torch::Dtype dtype) {
+  const std::filesystem::path file = folder / "config.json";
+  const LlamaConfig config = LlamaConfig::from_json_file(file);
+  double std = 0.02;
+  {
+    const auto json = nlohmann::json::parse(read_file(file), nullptr, /*allow_exceptions=*/false);
+    if (json.is_object() && json.contains("initializer_range") && json["initializer_range"].is_number())
+      std = json["initializer_range"].get<double>();
+  }
+  LlamaForCausalLM model(config);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    if (name.find("norm") != std::string::npos)
+      p.value().fill_(1.0);
+    else if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0)
+      p.value().zero_();
+    else
+      p.value().normal_(0.0, std);
+  }
+  model->to(dtype);
+  model->eval();
+  return model;
+}
+
 }  // namespace pal::models

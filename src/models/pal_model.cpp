@@ -71,7 +71,8 @@ PalModelImpl::PalModelImpl(const PalModelConfig& config, const std::filesystem::
   ensemble = register_module("ensemble", EncoderEnsemble(config_.ensemble, inputs));
 
   const std::filesystem::path llm_folder = resolve(base_dir, config_.llm);
-  LlamaForCausalLM llm = load_llama(llm_folder, dtype);
+  LlamaForCausalLM llm =
+      config_.llm_weights == "random" ? init_llama(llm_folder, dtype) : load_llama(llm_folder, dtype);
   if (config_.lora.rank > 0) add_lora(*llm, config_.lora);
   projector = register_module("projector", make_projector(config_.projector, config_.ensemble.width,
                                                           llm->config().hidden_size, "model.projector.type"));

@@ -192,4 +192,10 @@ TORCH_MODULE(LlamaForCausalLM);
 // is a pal::WeightsError naming it.
 LlamaForCausalLM load_llama(const std::filesystem::path& folder, torch::Dtype dtype = torch::kFloat32);
 
+// Builds the model of `folder`/config.json with fresh weights, for training from
+// scratch: linear and embedding weights ~ N(0, initializer_range) (0.02 when
+// config.json has none), biases 0, norms 1, drawn from LibTorch's default generator
+// (seed it with torch::manual_seed for a reproducible model).
+LlamaForCausalLM init_llama(const std::filesystem::path& folder, torch::Dtype dtype = torch::kFloat32);
+
 }  // namespace pal::models

@@ -78,6 +78,7 @@ EncoderRegistry& encoder_registry();
 
 struct PalModelConfig {
   std::string llm;                           // HF folder of the decoder (required)
+  std::string llm_weights = "pretrained";    // pretrained: the folder's safetensors; random: config.json only, fresh weights
   ModelDtype dtype = ModelDtype::float32;    // weights of the decoder and encoders
   std::string audio_token = "<|audio|>";     // the placeholder in prompts
   std::vector<EncoderEntryConfig> encoders;  // at least one
@@ -89,6 +90,7 @@ struct PalModelConfig {
   template <class V>
   void visit(V& v) {
     v("llm", llm, config::Rule().required().non_empty());
+    v("llm_weights", llm_weights, config::Rule().one_of({"pretrained", "random"}));
     v("dtype", dtype);
     v("audio_token", audio_token, config::Rule().non_empty());
     v("encoders", encoders, config::Rule().non_empty());
