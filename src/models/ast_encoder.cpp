@@ -343,6 +343,13 @@ EncoderOutput AstEncoderImpl::encode(const torch::Tensor& waveforms, const torch
       .output;
 }
 
+EncoderWindow AstEncoderImpl::window() const {
+  using audio::KaldiFbankFrontend;
+  const int64_t frames = config_.target_length > 0 ? config_.target_length : config_.max_length;
+  return {KaldiFbankFrontend::kWindow + (frames - 1) * KaldiFbankFrontend::kShift,
+          config_.time_patches(frames) * config_.time_stride * KaldiFbankFrontend::kShift};
+}
+
 void AstEncoderImpl::train_last_blocks(int64_t n) {
   const int64_t total = static_cast<int64_t>(encoder->layer->size());
   if (n < 0 || n > total)

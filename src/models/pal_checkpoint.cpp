@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <set>
 #include <system_error>
 
 #include "pal/core/atomic_file.h"
@@ -83,15 +84,24 @@ PalModel load_pal_model(const fs::path& folder, const ModelLoadOptions& options)
 }
 
 void save_pal_model(PalModelImpl& model, const fs::path& folder, bool trainable_only) {
+  std::set<std::string> names;
+  for (const auto& p : model.named_parameters(/*recurse=*/true))
+    if (!trainable_only || p.value().requires_grad()) names.insert(p.key());
+  save_pal_model(model, folder, names);
+}
+
+void save_pal_model(PalModelImpl& model, const fs::path& folder, const std::set<std::string>& names) {
   fs::create_directories(folder);
+  size_t total = 0;
   config::save(relocate_config(model.config(), model.base_dir(), folder), folder / kModelConfigFile);
   io::NamedTensors tensors;
   for (const auto& p : model.named_parameters(/*recurse=*/true)) {
-    if (trainable_only && !p.value().requires_grad()) continue;
+    ++total;
+    if (!names.count(p.key())) continue;
     tensors.emplace_back(p.key(), p.value().detach());
   }
   io::save_safetensors(folder / kModelWeightsFile, tensors,
-                       {{"format", "pt"}, {"pal.content", trainable_only ? "trainable" : "full"}});
+                       {{"format", "pt"}, {"pal.content", tensors.size() == total ? "full" : "partial"}});
   const fs::path llm = fs::path(model.config().llm).is_absolute() ? fs::path(model.config().llm)
                                                                   : model.base_dir() / model.config().llm;
   for (const char* name : kTokenizerFiles)

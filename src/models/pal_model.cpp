@@ -5,6 +5,7 @@
 #include "pal/core/error.h"
 #include "pal/models/ast_encoder.h"
 #include "pal/models/whisper_encoder.h"
+#include "pal/text/prompt.h"
 #include "pal/text/tokenizer.h"
 
 namespace pal::models {
@@ -83,6 +84,7 @@ PalModelImpl::PalModelImpl(const PalModelConfig& config, const std::filesystem::
       std::filesystem::exists(llm_folder / "tokenizer.model")) {
     tokenizer_ = text::load_tokenizer(llm_folder);
     audio_token_id_ = tokenizer_->add_special_token(config_.audio_token);
+    prompts_ = std::make_unique<text::PromptBuilder>(*tokenizer_, config_.prompt, llm_folder, config_.audio_token);
   } else {
     audio_token_id_ = llm->config().vocab_size;
   }
@@ -121,26 +123,19 @@ GenerationResult PalModelImpl::generate(const torch::Tensor& waveforms, const to
   return decoder->generate(prompts, encode_audio(waveforms, lengths), options, on_token, detokenize);
 }
 
+std::string PalModelImpl::parameter_group(const std::string& name) {
+  if (name.rfind("encoders.", 0) == 0) return "encoders";
+  if (name.rfind("ensemble.", 0) == 0) return "ensemble";
+  if (name.rfind("projector.", 0) == 0) return "projector";
+  if (name.rfind("decoder.probe_adapters.", 0) == 0) return "probe_adapters";
+  if (name.find(".lora_A.") != std::string::npos || name.find(".lora_B.") != std::string::npos) return "lora";
+  return "llm";
+}
+
 std::map<std::string, std::vector<torch::Tensor>> PalModelImpl::parameter_groups() {
   std::map<std::string, std::vector<torch::Tensor>> groups;
   for (const char* g : {"encoders", "ensemble", "projector", "probe_adapters", "lora", "llm"}) groups[g];
-  for (const auto& p : named_parameters()) {
-    const std::string& name = p.key();
-    std::string group;
-    if (name.rfind("encoders.", 0) == 0)
-      group = "encoders";
-    else if (name.rfind("ensemble.", 0) == 0)
-      group = "ensemble";
-    else if (name.rfind("projector.", 0) == 0)
-      group = "projector";
-    else if (name.rfind("decoder.probe_adapters.", 0) == 0)
-      group = "probe_adapters";
-    else if (name.find(".lora_A.") != std::string::npos || name.find(".lora_B.") != std::string::npos)
-      group = "lora";
-    else
-      group = "llm";
-    groups[group].push_back(p.value());
-  }
+  for (const auto& p : named_parameters()) groups[parameter_group(p.key())].push_back(p.value());
   return groups;
 }
 

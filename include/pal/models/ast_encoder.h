@@ -195,6 +195,9 @@ class AstEncoderImpl : public AudioEncoder {
   int64_t cls_width() const override { return config_.hidden_size; }
   double frames_per_second() const override { return 100.0 / static_cast<double>(config_.time_stride); }
   std::string type() const override { return config_.distillation_token ? "ast" : "eat"; }
+  // target_length fbank frames (max_length when 0), and a hop of the time patches they
+  // hold: AST's 1024 frames are 10.255 s, 101 patches, a hop of 10.1 s.
+  EncoderWindow window() const override;
   void train_last_blocks(int64_t n) override;
 
   // Valid time patches of a clip of `frames` valid fbank frames (after pad / crop).

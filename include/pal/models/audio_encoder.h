@@ -14,6 +14,16 @@
 
 namespace pal::models {
 
+// How long audio is cut for an encoder with a bounded input (pal/infer/long_audio.h): clips
+// of up to `samples` are encoded whole; a longer one as windows of `samples` that start
+// every `hop` samples, where `hop` is the audio that a full window's outputs stand for,
+// so that the windows' valid outputs, one after another, tile time at
+// frames_per_second().
+struct EncoderWindow {
+  int64_t samples = 0;  // the longest clip encode() takes (16 kHz samples); 0: any length
+  int64_t hop = 0;      // samples between window starts, <= samples
+};
+
 struct EncoderOutput {
   at::Tensor hidden;  // [B, T, width]: one vector per time step
   at::Tensor mask;    // [B, T] bool: true at valid time steps (clips shorter than the batch's longest)
@@ -30,6 +40,8 @@ class AudioEncoder : public torch::nn::Module {
   virtual int64_t cls_width() const { return width(); }
   virtual double frames_per_second() const = 0;  // time steps of `hidden` per second of audio
   virtual std::string type() const = 0;          // the registry name, e.g. "whisper", "ast"
+  // The longest input encode() takes and how longer audio is windowed; default: no limit.
+  virtual EncoderWindow window() const { return {}; }
 
   // Freezes every parameter, then makes the last `n` transformer blocks (and the final
   // norm, when n > 0) trainable again. n = 0: fully frozen (the default for ensembles).

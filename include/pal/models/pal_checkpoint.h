@@ -13,6 +13,7 @@
 #include <c10/core/Device.h>
 
 #include <filesystem>
+#include <set>
 #include <optional>
 #include <string>
 
@@ -46,6 +47,8 @@ size_t load_pal_weights(PalModelImpl& model, const std::filesystem::path& weight
 // needed; each file atomically). `trainable_only`: only the parameters that require
 // grad (the base weights then come from the folders model.yaml points to).
 void save_pal_model(PalModelImpl& model, const std::filesystem::path& folder, bool trainable_only);
+// The same, saving the parameters named in `names` (unknown names are ignored).
+void save_pal_model(PalModelImpl& model, const std::filesystem::path& folder, const std::set<std::string>& names);
 
 // The config with its paths rewritten relative to `folder` (for model.yaml).
 PalModelConfig relocate_config(const PalModelConfig& config, const std::filesystem::path& from_base,

@@ -31,9 +31,11 @@
 #include "pal/models/fusion.h"
 #include "pal/models/lora.h"
 #include "pal/models/projector.h"
+#include "pal/text/prompt.h"
 
 namespace pal::text {
 class Tokenizer;
+class PromptBuilder;
 }
 
 namespace pal::models {
@@ -86,6 +88,7 @@ struct PalModelConfig {
   ProjectorConfig projector;
   FusionConfig fusion;
   LoraConfig lora;  // on the decoder; rank 0: none
+  text::PromptConfig prompt;  // how questions become token ids (training and inference alike)
 
   template <class V>
   void visit(V& v) {
@@ -98,6 +101,7 @@ struct PalModelConfig {
     v("projector", projector);
     v("fusion", fusion);
     v("lora", lora);
+    v("prompt", prompt);
   }
 };
 
@@ -124,9 +128,13 @@ class PalModelImpl : public torch::nn::Module {
   // Parameters by group, for freezing and optimiser groups: "encoders", "ensemble",
   // "projector", "probe_adapters", "lora", "llm" (the decoder's own weights).
   std::map<std::string, std::vector<at::Tensor>> parameter_groups();
+  // The group of one parameter name (one of the above).
+  static std::string parameter_group(const std::string& name);
 
   int64_t audio_token_id() const { return audio_token_id_; }
   const text::Tokenizer* tokenizer() const { return tokenizer_.get(); }  // null when the LLM folder has none
+  // Builds prompts as config().prompt says; null when there is no tokenizer.
+  const text::PromptBuilder* prompts() const { return prompts_.get(); }
   const PalModelConfig& config() const { return config_; }
   // The folder the config's relative paths are taken from.
   const std::filesystem::path& base_dir() const { return base_dir_; }
@@ -140,6 +148,7 @@ class PalModelImpl : public torch::nn::Module {
   PalModelConfig config_;
   std::filesystem::path base_dir_;
   std::unique_ptr<text::Tokenizer> tokenizer_;
+  std::unique_ptr<text::PromptBuilder> prompts_;
   int64_t audio_token_id_ = -1;
 };
 TORCH_MODULE(PalModel);

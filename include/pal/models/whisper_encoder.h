@@ -112,6 +112,12 @@ class WhisperEncoderImpl : public AudioEncoder {
   int64_t width() const override { return config_.d_model; }
   double frames_per_second() const override { return 50.0; }
   std::string type() const override { return "whisper"; }
+  // The context (2 * max_source_positions mel frames: 30 s for every released Whisper),
+  // windows back to back.
+  EncoderWindow window() const override {
+    const int64_t samples = config_.context_frames() * audio::WhisperMelFrontend::kHop;
+    return {samples, samples};
+  }
   void train_last_blocks(int64_t n) override;
 
   const WhisperEncoderConfig& config() const { return config_; }

@@ -1,0 +1,581 @@
+#include "pal/train/trainer.h"
+
+#include <fnmatch.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "../core/log.h"
+#include "autocast.h"
+#include "pal/core/atomic_file.h"
+#include "pal/core/error.h"
+#include "pal/core/runtime.h"
+#include "pal/data/loader.h"
+#include "pal/io/safetensors.h"
+#include "pal/models/pal_checkpoint.h"
+#include "pal/text/prompt.h"
+#include "pal/train/checkpoint.h"
+#include "pal/train/optimizer.h"
+#include "progress.h"
+
+namespace pal::train {
+namespace fs = std::filesystem;
+using detail::log_info;
+using detail::log_warn;
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int signal) {
+  g_stop_signal.store(signal);
+  // A second signal ends the process at once.
+  std::signal(signal, SIG_DFL);
+}
+
+bool has_glob(const std::string& pattern) { return pattern.find_first_of("*?[") != std::string::npos; }
+
+c10::Device resolve_device(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  c10::Device device(c10::kCPU);
+  try {
+    device = c10::Device(name);
+  } catch (const std::exception&) {
+    throw ConfigError("device: '" + name + "' is not a device (auto, cpu, cuda, cuda:N)");
+  }
+  if (device.is_cuda() && !torch::cuda::is_available())
+    throw ConfigError("device: '" + name + "', but no CUDA device is available" +
+                      (runtime_info().torch_cuda_build ? "" : " (this LibTorch is a CPU build)"));
+  if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
+  return device;
+}
+
+// Token ids, validity and answer masks of a batch, right-padded.
+struct Collated {
+  torch::Tensor ids, valid, labels;
+  int64_t text_tokens = 0;
+  bool with_audio = true;
+};
+
+Collated collate(const data::Batch& batch, const text::PromptBuilder& prompts) {
+  const int64_t b = static_cast<int64_t>(batch.examples.size());
+  int64_t with_audio = 0;
+  for (const auto& e : batch.examples) with_audio += e.audio.empty() ? 0 : 1;
+  if (with_audio != 0 && with_audio != b)
+    throw TrainError("a batch mixes examples with and without audio (" + batch.examples.front().source + ", " +
+                     batch.examples.back().source +
+                     "); text-only examples need a stage, or manifests, of their own");
+  std::vector<text::PromptBuilder::Example> encoded;
+  int64_t longest = 0;
+  for (const auto& e : batch.examples) {
+    encoded.push_back(prompts.example(e.instruction, e.output, with_audio > 0));
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(encoded.back().ids.size()));
+  }
+  Collated c;
+  c.with_audio = with_audio > 0;
+  c.ids = torch::zeros({b, longest}, torch::kInt64);
+  c.valid = torch::zeros({b, longest}, torch::kBool);
+  c.labels = torch::zeros({b, longest}, torch::kBool);
+  auto ids = c.ids.accessor<int64_t, 2>();
+  auto valid = c.valid.accessor<bool, 2>();
+  auto labels = c.labels.accessor<bool, 2>();
+  for (int64_t i = 0; i < b; ++i) {
+    const auto& e = encoded[static_cast<size_t>(i)];
+    for (size_t t = 0; t < e.ids.size(); ++t) {
+      ids[i][static_cast<int64_t>(t)] = e.ids[t];
+      valid[i][static_cast<int64_t>(t)] = true;
+      labels[i][static_cast<int64_t>(t)] = e.is_answer[t] != 0;
+    }
+    c.text_tokens += static_cast<int64_t>(e.ids.size());
+  }
+  return c;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+void install_stop_signal_handlers() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+}
+bool stop_requested() { return g_stop_signal.load() != 0; }
+int stop_signal() { return g_stop_signal.load(); }
+void clear_stop_request() { g_stop_signal.store(0); }
+
+bool stage_finished(const fs::path& output_dir) {
+  const fs::path state = output_dir / "final" / "trainer_state.json";
+  if (!is_complete_checkpoint(output_dir / "final")) return false;
+  try {
+    return trainer_state_from_json(read_file(state), state.string()).finished;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+struct Trainer::State {
+  StageConfig config;
+  TrainOptions options;
+  c10::Device device{c10::kCPU};
+  models::PalModel model{nullptr};
+  std::vector<NamedParameter> trainable;
+  std::set<std::string> saved;  // parameters this run owns (written to model.safetensors)
+  std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<DynamicLossScaler> scaler;
+  TrainerState progress;
+  fs::path output_dir;
+
+  void build_model();
+  void select_trainable();
+  void load_init_from();
+  bool resume();
+  void save(const std::string& name);
+  double evaluate();
+  void append_metrics(const nlohmann::json& line) const;
+  void truncate_metrics(int64_t step) const;
+  int64_t total_steps() const;
+};
+
+Trainer::Trainer(StageConfig config, TrainOptions options) : state_(std::make_unique<State>()) {
+  state_->config = std::move(config);
+  state_->options = std::move(options);
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::State::build_model() {
+  device = resolve_device(config.device);
+  if (config.precision.amp != AmpMode::off && !device.is_cuda())
+    throw ConfigError("precision.amp: " + config::enum_name(config.precision.amp) +
+                      " needs a CUDA device (device: " + config.device +
+                      "); on the CPU, training runs in float32: set precision.amp: off");
+  if (config.precision.amp != AmpMode::off && config.model.dtype != models::ModelDtype::float32)
+    throw ConfigError("precision.amp: " + config::enum_name(config.precision.amp) +
+                      " keeps float32 master weights: set model.dtype: float32 (it is " +
+                      config::enum_name(config.model.dtype) + ")");
+  torch::manual_seed(config.seed);
+  model = models::PalModel(config.model, "/");
+  if (!model->prompts())
+    throw ConfigError("model.llm: " + config.model.llm + " has no tokenizer (tokenizer.json or tokenizer.model)");
+}
+
+void Trainer::State::select_trainable() {
+  std::vector<bool> matched(config.trainable.size(), false);
+  auto matches = [&](const std::string& name) {
+    bool any = false;
+    for (size_t i = 0; i < config.trainable.size(); ++i) {
+      const std::string& pattern = config.trainable[i];
+      const bool hit = has_glob(pattern) ? fnmatch(pattern.c_str(), name.c_str(), 0) == 0
+                                         : (pattern == name || pattern == models::PalModelImpl::parameter_group(name));
+      if (hit) matched[i] = true;
+      any = any || hit;
+    }
+    return any;
+  };
+  for (auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    const std::string group = models::PalModelImpl::parameter_group(name);
+    // Encoder blocks unfrozen by encoders[i].trainable_blocks stay trainable.
+    const bool train = matches(name) || (group == "encoders" && p.value().requires_grad());
+    p.value().set_requires_grad(train);
+    if (train) trainable.push_back({name, p.value()});
+    const bool fresh = group == "ensemble" || group == "projector" || group == "probe_adapters" || group == "lora" ||
+                       (group == "llm" && config.model.llm_weights == "random");
+    if (train || fresh || config.checkpoint.full_model) saved.insert(name);
+  }
+  for (size_t i = 0; i < config.trainable.size(); ++i)
+    if (!matched[i])
+      throw ConfigError("trainable: '" + config.trainable[i] +
+                        "' matches no parameter (groups: encoders, ensemble, projector, probe_adapters, lora, llm; "
+                        "or a glob over names such as 'decoder.llm.model.layers.*.self_attn.*')");
+  if (trainable.empty()) throw ConfigError("trainable: no parameter is trainable");
+}
+
+void Trainer::State::load_init_from() {
+  if (config.init_from.empty()) return;
+  const fs::path folder(config.init_from);
+  const fs::path weights = folder / models::kModelWeightsFile;
+  if (!fs::is_regular_file(weights))
+    throw ConfigError("init_from: " + folder.string() + " is not a checkpoint (no " + models::kModelWeightsFile +
+                      (fs::exists(folder) ? ")" : "; the folder does not exist: did the previous stage run?)"));
+  const size_t n = models::load_pal_weights(*model, weights);
+  const auto file = io::SafetensorsFile::open(weights);
+  for (const auto& info : file.tensors()) saved.insert(info.name);
+  log_info("[", config.name, "] initialised ", n, " tensors from ", weights.string());
+}
+
+int64_t Trainer::State::total_steps() const {
+  if (config.steps > 0) return config.steps;
+  int64_t records = 0;
+  for (const auto& m : config.data.train) records += data::count_records(m.path);
+  records = (records + options.world_size - 1) / options.world_size;
+  const double per_step = static_cast<double>(config.batch_size * config.grad_accum);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(config.epochs * static_cast<double>(records) / per_step)));
+}
+
+void Trainer::State::append_metrics(const nlohmann::json& line) const {
+  if (options.rank != 0) return;
+  std::ofstream out(output_dir / "metrics.jsonl", std::ios::app);
+  out << line.dump() << "\n";
+  if (!out) throw IoError((output_dir / "metrics.jsonl").string() + ": cannot append");
+}
+
+void Trainer::State::truncate_metrics(int64_t step) const {
+  const fs::path file = output_dir / "metrics.jsonl";
+  if (!fs::exists(file)) return;
+  std::ifstream in(file);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.value("step", int64_t{0}) > step) continue;
+    kept += line + "\n";
+  }
+  write_file_atomic(file, kept);
+}
+
+bool Trainer::State::resume() {
+  const auto found = find_resume_checkpoint(output_dir);
+  if (!found) return false;
+  const fs::path folder = *found;
+  const fs::path state_file = folder / "trainer_state.json";
+  progress = trainer_state_from_json(read_file(state_file), state_file.string());
+  // The architecture must be the one the checkpoint was trained with.
+  const models::PalModelConfig saved_model = config::load<models::PalModelConfig>(folder / models::kModelConfigFile);
+  if (config::to_yaml(saved_model.fusion) != config::to_yaml(config.model.fusion) ||
+      config::to_yaml(saved_model.lora) != config::to_yaml(config.model.lora) ||
+      config::to_yaml(saved_model.ensemble) != config::to_yaml(config.model.ensemble) ||
+      config::to_yaml(saved_model.projector) != config::to_yaml(config.model.projector))
+    throw ConfigError("output_dir: " + output_dir.string() + " holds a run of a different model (" +
+                      folder.string() + "/model.yaml differs in fusion, lora, ensemble or projector); " +
+                      "use another output_dir, or delete it to start over");
+  models::load_pal_weights(*model, folder / models::kModelWeightsFile);
+  for (const auto& name : progress.saved_parameters) saved.insert(name);
+  optimizer->load_state(io::SafetensorsFile::open(folder / "optimizer.safetensors"));
+  if (scaler) scaler->restore(progress.loss_scale, progress.scaler_good_steps, progress.skipped_steps);
+  restore_rng_state(folder / "rng.safetensors");
+  log_info("[", config.name, "] resuming from ", folder.string(), " at step ", progress.step, "/",
+           progress.total_steps);
+  return true;
+}
+
+void Trainer::State::save(const std::string& name) {
+  if (options.rank != 0) return;
+  progress.saved_parameters.assign(saved.begin(), saved.end());
+  if (scaler) {
+    progress.loss_scale = scaler->scale();
+    progress.scaler_good_steps = scaler->good_steps();
+    progress.skipped_steps = scaler->skipped_steps();
+  }
+  commit_checkpoint(output_dir, name, [&](const fs::path& tmp) {
+    models::save_pal_model(*model, tmp, saved);
+    write_file_atomic(tmp / "config.yaml", config::to_yaml(config));
+    io::save_safetensors(tmp / "optimizer.safetensors", optimizer->state());
+    io::save_safetensors(tmp / "rng.safetensors", rng_state());
+    write_file_atomic(tmp / "trainer_state.json", to_json(progress));
+  });
+  if (name != "final") prune_checkpoints(output_dir, config.checkpoint.keep);
+}
+
+double Trainer::State::evaluate() {
+  if (config.data.eval.empty()) return std::nan("");
+  data::LoaderOptions lo;
+  lo.batch_size = config.batch_size;
+  lo.seed = config.seed;
+  lo.shuffle = false;
+  lo.repeat = false;
+  lo.rank = options.rank;
+  lo.world_size = options.world_size;
+  data::DataLoader loader(config.data.eval, config.data, "/", lo);
+  torch::NoGradGuard no_grad;
+  model->eval();
+  double total = 0;
+  int64_t batches = 0;
+  const bool amp = config.precision.amp != AmpMode::off;
+  const auto amp_dtype = config.precision.amp == AmpMode::fp16 ? at::kHalf : at::kBFloat16;
+  while (config.eval.batches == 0 || batches < config.eval.batches) {
+    auto batch = loader.next();
+    if (!batch) break;
+    Collated c = collate(*batch, *model->prompts());
+    CudaAutocastGuard autocast(amp, amp_dtype);
+    models::FusionOutput out =
+        c.with_audio ? model->forward(batch->waveforms.to(device), batch->lengths.to(device), c.ids.to(device),
+                                      c.valid.to(device), c.labels.to(device))
+                     : model->decoder->forward(c.ids.to(device), c.valid.to(device), {}, c.labels.to(device));
+    total += out.loss.item<double>();
+    ++batches;
+  }
+  model->train();
+  return batches > 0 ? total / static_cast<double>(batches) : std::nan("");
+}
+
+TrainResult Trainer::run() {
+  State& s = *state_;
+  const StageConfig& cfg = s.config;
+  s.output_dir = cfg.output_dir;
+  TrainResult result;
+  if (stage_finished(s.output_dir)) {
+    const fs::path state_file = s.output_dir / "final" / "trainer_state.json";
+    const TrainerState done = trainer_state_from_json(read_file(state_file), state_file.string());
+    log_info("[", cfg.name, "] already finished (", (s.output_dir / "final").string(), ")");
+    result.step = done.step;
+    result.finished = true;
+    result.checkpoint = s.output_dir / "final";
+    result.last_loss = done.last_loss;
+    return result;
+  }
+  configure_threads({static_cast<int>(cfg.threads), 0});
+  fs::create_directories(s.output_dir);
+
+  s.build_model();
+  s.load_init_from();
+  s.select_trainable();
+  s.model->to(s.device);
+  s.model->train();
+  // Re-read the parameters after the move: to() may replace tensors on another device.
+  {
+    std::vector<NamedParameter> moved;
+    for (auto& p : s.model->named_parameters())
+      if (p.value().requires_grad()) moved.push_back({p.key(), p.value()});
+    s.trainable = std::move(moved);
+  }
+  AdamW::Options ao;
+  ao.weight_decay = cfg.optim.weight_decay;
+  ao.beta1 = cfg.optim.betas[0];
+  ao.beta2 = cfg.optim.betas[1];
+  ao.eps = cfg.optim.eps;
+  s.optimizer = std::make_unique<AdamW>(s.trainable, ao);
+  if (cfg.precision.amp == AmpMode::fp16)
+    s.scaler = std::make_unique<DynamicLossScaler>(cfg.precision.initial_loss_scale, cfg.precision.scale_growth_interval);
+
+  s.progress = TrainerState{};
+  s.progress.stage = cfg.name;
+  const bool resumed = s.resume();
+  s.progress.total_steps = s.total_steps();
+  if (resumed) s.truncate_metrics(s.progress.step);
+  if (!resumed && s.options.rank == 0) {
+    write_file_atomic(s.output_dir / "config.yaml", config::to_yaml(cfg));
+    s.truncate_metrics(0);
+  }
+
+  int64_t trainable_count = 0;
+  for (const auto& p : s.trainable) trainable_count += p.tensor.numel();
+  log_info("[", cfg.name, "] ", s.trainable.size(), " trainable tensors (", trainable_count, " parameters, ",
+           s.optimizer->decayed_count(), " with weight decay) on ", s.device.str(), "; ", s.progress.total_steps,
+           " steps of ", cfg.batch_size, " x ", cfg.grad_accum, " examples");
+
+  data::LoaderOptions lo;
+  lo.batch_size = cfg.batch_size;
+  lo.seed = cfg.seed;
+  lo.rank = s.options.rank;
+  lo.world_size = s.options.world_size;
+  data::DataLoader loader(cfg.data.train, cfg.data, "/", lo);
+  if (!s.progress.data_cursor.empty()) loader.restore(s.progress.data_cursor);
+
+  const bool amp = cfg.precision.amp != AmpMode::off;
+  const auto amp_dtype = cfg.precision.amp == AmpMode::fp16 ? at::kHalf : at::kBFloat16;
+  ProgressBar bar(cfg.name, s.progress.total_steps, s.options.progress_bar && s.options.rank == 0);
+  BlasThreadingGuard blas_threads;
+
+  const auto run_start = std::chrono::steady_clock::now();
+  const double elapsed_before = s.progress.elapsed_seconds;
+  auto window_start = std::chrono::steady_clock::now();
+  int64_t window_tokens = 0, window_steps = 0;
+  double window_audio = 0, window_loss = 0;
+  int64_t steps_this_call = 0;
+  std::string cursor_before_step = s.progress.data_cursor;
+
+  while (s.progress.step < s.progress.total_steps) {
+    double step_loss = 0;
+    int64_t step_tokens = 0;
+    double step_audio = 0;
+    std::string first_source;
+    for (int64_t micro = 0; micro < cfg.grad_accum; ++micro) {
+      auto batch = loader.next();
+      if (!batch) throw TrainError("the training data ended (repeat is on: this is a bug)");
+      if (micro == 0) first_source = batch->examples.front().source;
+      Collated c = collate(*batch, *s.model->prompts());
+      models::FusionOutput out;
+      {
+        CudaAutocastGuard autocast(amp, amp_dtype);
+        out = c.with_audio ? s.model->forward(batch->waveforms.to(s.device), batch->lengths.to(s.device),
+                                              c.ids.to(s.device), c.valid.to(s.device), c.labels.to(s.device))
+                           : s.model->decoder->forward(c.ids.to(s.device), c.valid.to(s.device), {},
+                                                       c.labels.to(s.device));
+      }
+      const double loss = out.loss.item<double>();
+      if (!std::isfinite(loss) && !s.scaler) {
+        s.progress.data_cursor = cursor_before_step;
+        s.progress.elapsed_seconds = elapsed_before + seconds_since(run_start);
+        const std::string name = step_checkpoint_name(s.progress.step);
+        s.save(name);
+        throw TrainError("[" + cfg.name + "] the loss is " + (std::isnan(loss) ? "nan" : "inf") + " at step " +
+                         std::to_string(s.progress.step + 1) + " (batch starting with " + first_source +
+                         "); training stopped. The weights before this step are saved in " +
+                         (s.output_dir / name).string() +
+                         ". Try a lower optim.lr, a longer schedule.warmup_steps or optim.clip_grad_norm, "
+                         "or check that batch's data");
+      }
+      torch::Tensor scaled = out.loss / static_cast<double>(cfg.grad_accum);
+      if (s.scaler) scaled = scaled * s.scaler->scale();
+      scaled.backward();
+      step_loss += loss / static_cast<double>(cfg.grad_accum);
+      step_tokens += c.text_tokens;
+      step_audio += static_cast<double>(batch->lengths.sum().item<int64_t>()) / 16000.0;
+      s.progress.epoch = batch->epoch;
+      s.progress.data_cursor = batch->cursor;
+    }
+
+    bool finite = true;
+    if (s.scaler) finite = s.scaler->unscale(s.trainable);
+    double grad_norm = 0;
+    if (finite) {
+      grad_norm = s.optimizer->clip_grad_norm(cfg.optim.clip_grad_norm);
+      if (!std::isfinite(grad_norm)) {
+        if (!s.scaler) {
+          const std::string name = step_checkpoint_name(s.progress.step);
+          s.progress.data_cursor = cursor_before_step;
+          s.optimizer->zero_grad();
+          s.save(name);
+          throw TrainError("[" + cfg.name + "] the gradient norm is not finite at step " +
+                           std::to_string(s.progress.step + 1) + " (batch starting with " + first_source +
+                           "); training stopped. The weights before this step are saved in " +
+                           (s.output_dir / name).string() + ". Try a lower optim.lr or a longer warmup");
+        }
+        finite = false;
+      }
+    }
+    const double lr = learning_rate(s.progress.step, s.progress.total_steps, cfg.optim.lr,
+                                    cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio);
+    if (finite) s.optimizer->step(lr);
+    if (s.scaler) s.scaler->update(finite);
+    s.optimizer->zero_grad();
+    ++s.progress.step;
+    ++steps_this_call;
+    cursor_before_step = s.progress.data_cursor;
+    s.progress.tokens_seen += step_tokens;
+    s.progress.audio_seconds_seen += step_audio;
+    s.progress.last_loss = step_loss;
+    s.progress.elapsed_seconds = elapsed_before + seconds_since(run_start);
+
+    window_tokens += step_tokens;
+    window_audio += step_audio;
+    window_loss += step_loss;
+    ++window_steps;
+    const double window_seconds = std::max(1e-9, seconds_since(window_start));
+    StepMetrics m;
+    m.step = s.progress.step;
+    m.total_steps = s.progress.total_steps;
+    m.loss = step_loss;
+    m.lr = lr;
+    m.grad_norm = grad_norm;
+    m.tokens_per_second = static_cast<double>(window_tokens) / window_seconds;
+    m.audio_seconds_per_second = window_audio / window_seconds;
+    m.skipped = !finite;
+    m.elapsed_seconds = s.progress.elapsed_seconds;
+    if (s.options.on_step) s.options.on_step(m);
+    bar.update(m);
+
+    const bool last = s.progress.step == s.progress.total_steps;
+    if (s.progress.step % cfg.log_every == 0 || last) {
+      nlohmann::json line = {{"type", "train"},
+                             {"stage", cfg.name},
+                             {"step", m.step},
+                             {"loss", window_loss / static_cast<double>(window_steps)},
+                             {"lr", lr},
+                             {"grad_norm", grad_norm},
+                             {"tokens_per_s", m.tokens_per_second},
+                             {"audio_s_per_s", m.audio_seconds_per_second},
+                             {"elapsed_s", m.elapsed_seconds},
+                             {"epoch", s.progress.epoch},
+                             {"skipped_steps", s.scaler ? s.scaler->skipped_steps() : 0}};
+      s.append_metrics(line);
+      if (!bar.active())
+        log_info("[", cfg.name, "] step ", m.step, "/", m.total_steps, " loss ", line["loss"].get<double>(), " lr ",
+                 lr, " ", static_cast<int64_t>(m.tokens_per_second), " tok/s");
+      window_start = std::chrono::steady_clock::now();
+      window_tokens = window_steps = 0;
+      window_audio = window_loss = 0;
+    }
+    if ((cfg.eval.every > 0 && s.progress.step % cfg.eval.every == 0) || last) {
+      const double eval_loss = s.evaluate();
+      if (std::isfinite(eval_loss)) {
+        s.append_metrics({{"type", "eval"}, {"stage", cfg.name}, {"step", s.progress.step}, {"eval_loss", eval_loss}});
+        bar.note("eval loss " + std::to_string(eval_loss));
+      }
+    }
+    const bool stop = stop_requested() || (s.options.stop_after_steps > 0 && steps_this_call >= s.options.stop_after_steps);
+    if (last) break;
+    if ((cfg.checkpoint.every > 0 && s.progress.step % cfg.checkpoint.every == 0) || stop) {
+      s.save(step_checkpoint_name(s.progress.step));
+      result.checkpoint = s.output_dir / step_checkpoint_name(s.progress.step);
+    }
+    if (stop) {
+      bar.finish();
+      result.interrupted = true;
+      result.step = s.progress.step;
+      result.last_loss = step_loss;
+      result.skipped_steps = s.scaler ? s.scaler->skipped_steps() : 0;
+      result.bad_records = loader.stats().bad;
+      log_info("[", cfg.name, "] stopped at step ", s.progress.step, "; checkpoint ", result.checkpoint.string(),
+               "; run the same command again to resume");
+      return result;
+    }
+  }
+  bar.finish();
+  s.progress.finished = true;
+  s.save("final");
+  result.finished = true;
+  result.step = s.progress.step;
+  result.checkpoint = s.output_dir / "final";
+  result.last_loss = s.progress.last_loss;
+  result.skipped_steps = s.scaler ? s.scaler->skipped_steps() : 0;
+  result.bad_records = loader.stats().bad;
+  log_info("[", cfg.name, "] finished ", s.progress.step, " steps in ", s.progress.elapsed_seconds, " s; final loss ",
+           s.progress.last_loss, "; model in ", result.checkpoint.string());
+  return result;
+}
+
+TrainResult run_curriculum(const fs::path& curriculum_file, const std::vector<std::string>& overrides,
+                           const TrainOptions& options) {
+  const CurriculumConfig curriculum = config::load<CurriculumConfig>(curriculum_file);
+  const fs::path base = fs::absolute(curriculum_file).parent_path();
+  const fs::path output_dir = (base / curriculum.output_dir).lexically_normal();
+  std::set<std::string> names;
+  for (const auto& stage : curriculum.stages)
+    if (!names.insert(stage.name).second)
+      throw ConfigError(curriculum_file.string() + ": stages: the name '" + stage.name + "' is used twice");
+  TrainResult result;
+  fs::path previous;
+  for (size_t i = 0; i < curriculum.stages.size(); ++i) {
+    const CurriculumStageEntry& entry = curriculum.stages[i];
+    const fs::path file = fs::path(entry.config).is_absolute() ? fs::path(entry.config) : base / entry.config;
+    // The stage's own file, then the curriculum's choices: its `set`, the chain of
+    // stages (previous final checkpoint -> init_from), the entry's `set`, the command line.
+    std::vector<std::string> all = curriculum.set;
+    all.push_back("name=" + entry.name);
+    all.push_back("output_dir=" + (output_dir / entry.name).string());
+    if (!previous.empty()) all.push_back("init_from=" + previous.string());
+    all.insert(all.end(), entry.set.begin(), entry.set.end());
+    all.insert(all.end(), overrides.begin(), overrides.end());
+    StageConfig stage = load_stage_config(file, all);
+    log_info("curriculum ", curriculum_file.string(), ": stage ", i + 1, "/", curriculum.stages.size(), " '",
+             entry.name, "'");
+    Trainer trainer(stage, options);
+    result = trainer.run();
+    if (!result.finished) return result;
+    previous = output_dir / entry.name / "final";
+  }
+  return result;
+}
+
+}  // namespace pal::train
