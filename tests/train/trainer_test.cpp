@@ -1,0 +1,272 @@
+#include "pal/train/trainer.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "pal/core/atomic_file.h"
+#include "pal/core/error.h"
+#include "pal/io/safetensors.h"
+#include "pal/models/pal_checkpoint.h"
+#include "pal/train/checkpoint.h"
+#include "test_util.h"
+
+namespace pal::train {
+namespace {
+namespace fs = std::filesystem;
+
+const fs::path kConfigs = test::fixtures() / ".." / ".." / "configs" / "tiny";
+const std::string kPalTrain = PAL_TRAIN_EXE;
+
+// The tiny stage configs (real fixture clips, a random 4-layer LLM, tiny encoders),
+// writing to `out`.
+StageConfig tiny_stage(const std::string& file, const fs::path& out, const std::vector<std::string>& overrides = {}) {
+  std::vector<std::string> all = {"output_dir=" + out.string(), "init_from=''", "threads=2"};
+  all.insert(all.end(), overrides.begin(), overrides.end());
+  return load_stage_config(kConfigs / file, all);
+}
+
+double mean(const std::vector<double>& v, size_t from, size_t n) {
+  double s = 0;
+  for (size_t i = from; i < from + n; ++i) s += v.at(i);
+  return s / static_cast<double>(n);
+}
+
+TEST(E2ETrainer, TinyCurriculumLossFallsInEveryStage) {
+  test::TempDir dir;
+  write_file_atomic(dir / "curriculum.yaml",
+                    "output_dir: " + (dir / "run").string() +
+                        "\n"
+                        "set: [threads=2]\n"
+                        "stages:\n"
+                        "  - {name: align, config: " + (kConfigs / "stage1_align.yaml").string() + "}\n"
+                        "  - {name: probe, config: " + (kConfigs / "stage2_probe.yaml").string() + "}\n"
+                        "  - {name: instruct, config: " + (kConfigs / "stage3_instruct.yaml").string() + "}\n");
+  std::vector<std::vector<double>> stages;
+  TrainOptions options;
+  options.progress_bar = false;
+  options.on_step = [&](const StepMetrics& m) {
+    if (m.step == 1) stages.emplace_back();
+    stages.back().push_back(m.loss);
+  };
+  const TrainResult r = run_curriculum(dir / "curriculum.yaml", {}, options);
+  ASSERT_TRUE(r.finished);
+  ASSERT_EQ(stages.size(), 3u);
+  for (size_t s = 0; s < 3; ++s) {
+    ASSERT_EQ(stages[s].size(), 30u);
+    const double first = mean(stages[s], 0, 5), last = mean(stages[s], 25, 5);
+    EXPECT_LT(last, first - 0.02) << "stage " << s << ": loss " << first << " -> " << last;
+  }
+  // Each stage's final checkpoint is a model folder; the last one carries LoRA and
+  // loads on its own.
+  for (const char* stage : {"align", "probe", "instruct"}) EXPECT_TRUE(stage_finished(dir / "run" / stage)) << stage;
+  models::PalModel model = models::load_pal_model(dir / "run" / "instruct" / "final");
+  EXPECT_EQ(model->config().lora.rank, 4);
+  EXPECT_TRUE(fs::exists(dir / "run" / "instruct" / "final" / "tokenizer.json"));
+
+  // Run again: every stage is finished, nothing trains.
+  stages.clear();
+  const TrainResult again = run_curriculum(dir / "curriculum.yaml", {}, options);
+  EXPECT_TRUE(again.finished);
+  EXPECT_TRUE(stages.empty());
+}
+
+TEST(E2ETrainer, ResumeGivesTheLossesOfAnUninterruptedRun) {
+  test::TempDir dir;
+  // LoRA dropout draws from the generator and the data are shuffled and bucketed by two
+  // workers: a resume must restore all of it to match.
+  const std::vector<std::string> set = {"steps=8", "model.lora.dropout=0.1", "data.workers=2",
+                                        "data.bucket_batches=2", "grad_accum=2", "checkpoint.every=0",
+                                        "eval.every=0"};
+  TrainOptions options;
+  options.progress_bar = false;
+  std::vector<double> straight, resumed;
+  options.on_step = [&](const StepMetrics& m) { straight.push_back(m.loss); };
+  TrainResult a = Trainer(tiny_stage("stage2_probe.yaml", dir / "a", set), options).run();
+  ASSERT_TRUE(a.finished);
+  ASSERT_EQ(straight.size(), 8u);
+
+  options.on_step = [&](const StepMetrics& m) { resumed.push_back(m.loss); };
+  options.stop_after_steps = 3;
+  TrainResult b1 = Trainer(tiny_stage("stage2_probe.yaml", dir / "b", set), options).run();
+  EXPECT_TRUE(b1.interrupted);
+  EXPECT_EQ(b1.step, 3);
+  EXPECT_TRUE(is_complete_checkpoint(dir / "b" / "step-000003"));
+  options.stop_after_steps = 0;
+  TrainResult b2 = Trainer(tiny_stage("stage2_probe.yaml", dir / "b", set), options).run();
+  ASSERT_TRUE(b2.finished);
+  ASSERT_EQ(resumed.size(), 8u);
+  for (size_t i = 0; i < 8; ++i) EXPECT_EQ(resumed[i], straight[i]) << "step " << i + 1;
+
+  // The final weights are identical too.
+  auto wa = io::SafetensorsFile::open(dir / "a" / "final" / "model.safetensors");
+  auto wb = io::SafetensorsFile::open(dir / "b" / "final" / "model.safetensors");
+  ASSERT_EQ(wa.tensors().size(), wb.tensors().size());
+  for (const auto& info : wa.tensors())
+    EXPECT_TRUE(torch::equal(wa.tensor(info.name), wb.tensor(info.name))) << info.name;
+  // metrics.jsonl has each step once.
+  std::ifstream metrics(dir / "b" / "metrics.jsonl");
+  std::string line;
+  int train_lines = 0;
+  while (std::getline(metrics, line)) train_lines += line.find("\"train\"") != std::string::npos ? 1 : 0;
+  EXPECT_EQ(train_lines, 2);  // log_every 5 on 8 steps: step 5 and the last
+}
+
+TEST(Trainer, ConfigMistakesAreNamed) {
+  test::TempDir dir;
+  std::string msg = test::error_message<ConfigError>([&] { tiny_stage("stage1_align.yaml", dir / "o", {"optim.lrr=1"}); });
+  EXPECT_NE(msg.find("optim.lrr"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'lr'"), std::string::npos) << msg;
+
+  msg = test::error_message<ConfigError>([&] {
+    Trainer(tiny_stage("stage2_probe.yaml", dir / "o", {"init_from=" + (dir / "nowhere").string()})).run();
+  });
+  EXPECT_NE(msg.find("init_from"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("nowhere"), std::string::npos) << msg;
+
+  msg = test::error_message<ConfigError>(
+      [&] { Trainer(tiny_stage("stage1_align.yaml", dir / "o", {"trainable=[projector, 'decoder.nothing.*']"})).run(); });
+  EXPECT_NE(msg.find("decoder.nothing.*"), std::string::npos) << msg;
+
+  msg = test::error_message<ConfigError>(
+      [&] { Trainer(tiny_stage("stage1_align.yaml", dir / "o", {"precision.amp=bf16", "device=cpu"})).run(); });
+  EXPECT_NE(msg.find("precision.amp"), std::string::npos) << msg;
+
+  msg = test::error_message<ConfigError>([&] { tiny_stage("stage1_align.yaml", dir / "o", {"epochs=2"}); });
+  EXPECT_NE(msg.find("steps"), std::string::npos) << msg;
+}
+
+TEST(E2ETrainer, AManifestWithThirtyPercentBadLinesStops) {
+  test::TempDir dir;
+  const fs::path clips = test::fixtures() / "audio" / "clips";
+  std::string lines;
+  for (int i = 0; i < 20; ++i) {
+    if (i % 10 < 3) {
+      lines += i % 3 == 0 ? "{not json\n" : i % 3 == 1 ? "{\"audio\": \"missing.wav\", \"instruction\": \"q\", \"output\": \"a\"}\n"
+                                                        : "{\"audio\": \"" + (clips / "tone_11k_u8.wav").string() + "\", \"instruction\": \"q\", \"output\": \"\"}\n";
+    } else {
+      lines += "{\"audio\": \"" + (clips / "tone_11k_u8.wav").string() + "\", \"instruction\": \"q\", \"output\": \"tone\"}\n";
+    }
+  }
+  write_file_atomic(dir / "bad.jsonl", lines);
+  const std::string msg = test::error_message<DataError>([&] {
+    Trainer(tiny_stage("stage1_align.yaml", dir / "o", {"data.train=[{path: " + (dir / "bad.jsonl").string() + "}]", "data.eval=[]"}))
+        .run();
+  });
+  EXPECT_NE(msg.find("bad.jsonl"), std::string::npos) << msg;
+}
+
+// ---- pal-train as a user runs it ----------------------------------------------------------
+
+std::string stage_args(const fs::path& out, const std::string& extra = "") {
+  return kPalTrain + " --no-progress --config " + (kConfigs / "stage1_align.yaml").string() +
+         " --set output_dir=" + out.string() + " --set threads=1 " + extra;
+}
+
+TEST(E2EPalTrain, SigtermSavesACheckpointAndTheRerunFinishes) {
+  test::TempDir dir;
+  const std::string cmd = stage_args(dir / "run", "--set steps=4000 --set eval.every=0 --set checkpoint.every=0");
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd + " >" + (dir / "log").string() + " 2>&1").c_str(), nullptr);
+    _exit(127);
+  }
+  // Wait until it trains (a first metrics line), then ask it to stop.
+  for (int i = 0; i < 300 && !fs::exists(dir / "run" / "metrics.jsonl"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << read_file(dir / "log");
+  EXPECT_EQ(WEXITSTATUS(status), 143) << read_file(dir / "log");
+  const auto ckpt = find_resume_checkpoint(dir / "run");
+  ASSERT_TRUE(ckpt.has_value()) << read_file(dir / "log");
+  EXPECT_NE(read_file(dir / "log").find("run the same command again to resume"), std::string::npos);
+  const TrainerState st = trainer_state_from_json(read_file(*ckpt / "trainer_state.json"), "state");
+  EXPECT_GT(st.step, 0);
+  EXPECT_LT(st.step, 4000);
+  // The rerun continues from there (a short run this time).
+  auto r = test::run_command(stage_args(dir / "run", "--set steps=4000 --stop-after 2"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+}
+
+TEST(E2EPalTrain, KillsDuringSavesNeverLoseTheLastCheckpoint) {
+  test::TempDir dir;
+  // A checkpoint after every step, killed at moments spread over the run.
+  const std::string cmd = stage_args(dir / "run", "--set steps=400 --set checkpoint.every=1 --set checkpoint.keep=2 --set eval.every=0");
+  int kills_with_checkpoint = 0;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      execl("/bin/sh", "sh", "-c", ("exec " + cmd + " >/dev/null 2>&1").c_str(), nullptr);
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1200 + 170 * attempt));
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    const auto ckpt = find_resume_checkpoint(dir / "run");
+    if (!ckpt) continue;  // killed before the first save
+    ++kills_with_checkpoint;
+    EXPECT_TRUE(is_complete_checkpoint(*ckpt));
+    // It loads as a model and as a training state.
+    EXPECT_NO_THROW(models::load_pal_model(*ckpt)) << *ckpt;
+    EXPECT_NO_THROW(trainer_state_from_json(read_file(*ckpt / "trainer_state.json"), "state"));
+  }
+  EXPECT_GE(kills_with_checkpoint, 3);
+  auto r = test::run_command(stage_args(dir / "run", "--set steps=400 --set checkpoint.every=1 --stop-after 1"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST(E2EPalTrain, ADiskFullSaveFailsClearlyAndKeepsThePreviousCheckpoint) {
+  test::TempDir dir;
+  auto r = test::run_command(stage_args(dir / "run", "--set steps=50 --stop-after 2"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto before = find_resume_checkpoint(dir / "run");
+  ASSERT_TRUE(before.has_value());
+  // Files above 64 KiB cannot be written (ulimit -f counts 1 KiB blocks): the next
+  // checkpoint's model.safetensors fails like a full disk would.
+  r = test::run_command("ulimit -f 64; " + stage_args(dir / "run", "--set steps=50 --stop-after 2"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("safetensors"), std::string::npos) << r.output;
+  EXPECT_EQ(find_resume_checkpoint(dir / "run"), before);
+  EXPECT_NO_THROW(models::load_pal_model(*before));
+  for (const auto& e : fs::directory_iterator(dir / "run"))
+    EXPECT_EQ(e.path().filename().string().rfind(".tmp-", 0), std::string::npos) << e.path();
+}
+
+TEST(E2EPalTrain, ADivergingRunStopsWithAClearMessage) {
+  test::TempDir dir;
+  auto r = test::run_command(
+      stage_args(dir / "run", "--set steps=50 --set optim.lr=1e12 --set optim.clip_grad_norm=0 --set schedule.warmup_steps=0"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  const bool named = r.output.find("the loss is") != std::string::npos ||
+                     r.output.find("gradient norm is not finite") != std::string::npos;
+  EXPECT_TRUE(named) << r.output;
+  const auto ckpt = find_resume_checkpoint(dir / "run");
+  ASSERT_TRUE(ckpt.has_value()) << r.output;
+  EXPECT_NE(r.output.find(ckpt->string()), std::string::npos) << r.output;
+}
+
+TEST(PalTrain, UsageAndConfigErrorsExitWithTwo) {
+  test::TempDir dir;
+  auto r = test::run_command(kPalTrain);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = test::run_command(stage_args(dir / "run", "--set optim.lrr=1"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("optim.lrr"), std::string::npos) << r.output;
+  r = test::run_command(stage_args(dir / "run", "--print-config"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("clip_grad_norm: 1"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace pal::train
