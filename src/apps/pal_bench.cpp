@@ -15,6 +15,12 @@
 //                                 takes) and ASTModel on the same weights (scripts/bench/
 //                                 encoders_reference.py writes them); PAL's Whisper runs the
 //                                 clips unpadded and, for a like-for-like figure, padded to 30 s
+//   pal-bench infer [--json]      pal::Pipeline time to first token and tokens/s, probe vs prefix,
+//                                 and a loopback load test of pal-infer serve (bench_infer.cpp)
+//   pal-bench fusion [--json]     step time, memory and FLOPs per fusion mode (bench_fusion.cpp)
+//   pal-bench train [--json]      training tokens/s of the C++ trainer (pal::train::Trainer,
+//                                 data loading included) beside an equivalent PyTorch loop
+//                                 (scripts/bench/train_reference.py), same model and batch
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -32,6 +38,8 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_fusion.h"
+#include "bench_infer.h"
+#include "bench_train.h"
 #include "pal/audio/decode.h"
 #include "pal/audio/frontend.h"
 #include "pal/core/error.h"
@@ -487,6 +495,19 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"prefix", "delayed", "probe", "pal"}));
   fusion->add_option("--audio", fu.audio, "Na of a --single run");
   fusion->add_option("--text", fu.text, "Nt of a --single run");
+  pal::bench::TrainBenchArgs tr;
+  auto* train = app.add_subcommand("train", "training tokens/s of the C++ trainer vs an equivalent PyTorch loop");
+  train->add_option("--folder", tr.folder, "model and clips of the benchmark (written if new)");
+  train->add_option("--batch", tr.batch, "examples per step")->check(CLI::PositiveNumber);
+  train->add_option("--steps", tr.steps, "timed steps (the median counts)")->check(CLI::PositiveNumber);
+  train->add_option("--hidden", tr.hidden, "LLM width (a multiple of 64)")->check(CLI::PositiveNumber);
+  train->add_option("--layers", tr.layers, "LLM layers")->check(CLI::PositiveNumber);
+  train->add_option("--threads", tr.threads, "intra-op threads for both; 0: all cores")->check(CLI::NonNegativeNumber);
+  train->add_flag("--json", tr.json, "print one JSON object");
+  train->add_flag("!--no-reference", tr.reference, "skip the Python reference");
+  train->add_option("--python", tr.python, "Python with torch and transformers for the reference");
+  pal::bench::InferBenchArgs inf;
+  auto* infer = pal::bench::add_infer_command(app, inf);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -497,6 +518,8 @@ int main(int argc, char** argv) {
     if (*frontend) return bench_frontend(f);
     if (*generate) return bench_generate(g);
     if (*encoders) return bench_encoders(e);
+    if (*infer) return pal::bench::bench_infer(inf);
+    if (*train) return pal::bench::bench_train(tr);
     if (*fusion) {
       if (!single.empty()) {
         fu.single_run = true;
