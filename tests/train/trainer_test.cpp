@@ -270,3 +270,34 @@ TEST(PalTrain, UsageAndConfigErrorsExitWithTwo) {
 
 }  // namespace
 }  // namespace pal::train
+
+namespace pal::train {
+namespace {
+
+// Every shipped curriculum and stage config reads without error (unknown keys, types,
+// ranges) with the curriculum's overrides applied, and selects the mode it is named after.
+TEST(Configs, ShippedCurriculaParse) {
+  int curricula = 0;
+  for (const char* folder : {"paper", "tiny"}) {
+    const fs::path dir = kConfigs.parent_path() / folder;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("curriculum", 0) != 0) continue;
+      ++curricula;
+      const auto c = config::load<CurriculumConfig>(entry.path());
+      ASSERT_EQ(c.stages.size(), 3u) << name;
+      for (const auto& stage : c.stages) {
+        StageConfig s;
+        ASSERT_NO_THROW(s = load_stage_config(dir / stage.config, c.set)) << name << ": " << stage.config;
+        const std::string mode = config::enum_name(s.model.fusion.mode);
+        if (name.rfind("curriculum_", 0) == 0) {
+          EXPECT_EQ(name.substr(11, mode.size()), mode) << name;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(curricula, 6);
+}
+
+}  // namespace
+}  // namespace pal::train
