@@ -1,0 +1,773 @@
+#!/usr/bin/env bash
+# Builds the demo's labelled audio QA set from Debian packages (no download but apt):
+#
+#   scripts/make_demo_data.sh                       # -> data/demo, seed 1
+#   scripts/make_demo_data.sh data/demo2 --seed 7 --jobs 2
+#   scripts/check_demo_data.py data/demo            # validate what it wrote
+#
+# Sources (installed with apt-get when missing; root needed only then):
+#   asterisk-core-sounds-en-wav + asterisk-core-sounds-en   568 prompts of one female voice
+#       ("Allison", 8 kHz WAV) with transcripts in core-sounds-en.txt.gz: digits, letters,
+#       the phonetic alphabet, short phone prompts, silences, a few beeps and a monkey sound
+#   sonic-pi-samples      165 CC0 samples (44.1 kHz FLAC); the class is the name prefix
+#   pocketsphinx-testdata 14 read-speech clips (4 raw 16 kHz PCM), transcripts in
+#       cards.transcription, librivox/transcription and the pocketsphinx tests
+#   espeak-ng             digits, command words and short phrases ("press five"), 8 male and
+#       8 female voice variants, 5 English accents, random speed and pitch
+#   sox                   beeps to count, rising / falling tones, which-tone-is-louder,
+#       sample variants (speed, gain, reverb) and speech-over-sound mixtures
+#   sentencepiece         spm_train: the demo LLM's tokenizer, trained on the demo's text
+#
+# Output folder (default data/demo of the repository; its clips/ and the files below are
+# rewritten on every run, anything else there is left alone):
+#   clips/*.wav          16 kHz mono 16-bit, 0.3 s .. 10 s
+#   train.jsonl valid.jsonl test.jsonl
+#                        {"audio": "clips/x.wav", "instruction", "output", "task",
+#                         "sources": [...]}; paths relative to the manifest. Split by source
+#                        clip: a source and everything derived from it (speed/gain variants,
+#                        the mixtures it is in) lie in one split.
+#   text.jsonl           text-only records {"instruction", "output", "task": "text"}
+#   tokenizer.model tokenizer.vocab
+#                        sentencepiece BPE, byte fallback; unk 0, bos <s> 1, eos </s> 2,
+#                        pad <pad> 3, control symbols <|im_start|> 4, <|im_end|> 5.
+#                        Control symbols: PAL's tokenizer matches them in text (spm_encode
+#                        does not). "<|audio|>" is not in it: PAL adds the placeholder itself.
+#   stats.json           counts per task and split, classes and chance levels per task
+#
+# Deterministic for a seed (sox runs with -R): two runs, with any --jobs, give identical files.
+# Exit codes: 0 success, 1 a missing tool / package / source file, 2 bad usage.
+set -euo pipefail
+
+usage() {
+  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+  echo "options: --seed N (default 1), --jobs N (parallel sox/espeak jobs, default nproc),"
+  echo "         --vocab N (tokenizer size, default 1024), --no-install (never call apt-get)"
+}
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=$repo/data/demo   # an explicit folder is taken from the current directory
+seed=1
+jobs=$(nproc 2>/dev/null || echo 2)
+vocab=1024
+install=1
+out_set=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seed) seed=${2:?--seed needs a number}; shift 2 ;;
+    --seed=*) seed=${1#*=}; shift ;;
+    --jobs|-j) jobs=${2:?--jobs needs a number}; shift 2 ;;
+    --jobs=*) jobs=${1#*=}; shift ;;
+    --vocab) vocab=${2:?--vocab needs a number}; shift 2 ;;
+    --vocab=*) vocab=${1#*=}; shift ;;
+    --no-install) install=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "make_demo_data: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+    *)
+      if [ "$out_set" = 1 ]; then echo "make_demo_data: more than one output folder" >&2; exit 2; fi
+      out=$1; out_set=1; shift ;;
+  esac
+done
+for v in "$seed" "$jobs" "$vocab"; do
+  case "$v" in ''|*[!0-9]*) echo "make_demo_data: '$v' is not a non-negative integer" >&2; exit 2 ;; esac
+done
+[ "$jobs" -ge 1 ] || jobs=1
+
+die() { echo "make_demo_data: error: $*" >&2; exit 1; }
+
+# ---- packages ---------------------------------------------------------------------------
+packages=(sox libsox-fmt-base espeak-ng sentencepiece asterisk-core-sounds-en-wav
+          asterisk-core-sounds-en sonic-pi-samples pocketsphinx-testdata python3)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$install" = 1 ] || die "missing Debian packages: ${missing[*]} (run without --no-install, as root)"
+  [ "$(id -u)" = 0 ] || die "missing Debian packages: ${missing[*]}; run as root, or: sudo apt-get install ${missing[*]}"
+  command -v apt-get >/dev/null || die "missing Debian packages: ${missing[*]} and no apt-get"
+  echo "make_demo_data: installing ${missing[*]}"
+  log=$(mktemp)
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           "${missing[@]}"; } >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    rm -f "$log"
+    die "apt-get could not install: ${missing[*]}"
+  fi
+  rm -f "$log"
+fi
+for t in sox soxi espeak-ng spm_train python3; do
+  command -v "$t" >/dev/null || die "'$t' not found on PATH (Debian package: $(
+    case $t in sox|soxi) echo sox ;; spm_train) echo sentencepiece ;; *) echo "$t" ;; esac))"
+done
+sox_formats=$(sox -h 2>&1 || true)
+grep -qw flac <<<"$sox_formats" || die "sox cannot read FLAC (install libsox-fmt-base)"
+
+mkdir -p "$out" || die "cannot create '$out'"
+start=$(date +%s.%N)
+
+# ---- clips, manifests, text corpus (Python: stdlib only) -----------------------------------
+python3 - "$out" "$seed" "$jobs" <<'PY'
+import collections, gzip, json, math, os, random, re, shlex, shutil, subprocess, sys, wave
+from concurrent.futures import ThreadPoolExecutor
+
+OUT, SEED, JOBS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+CLIPS = os.path.join(OUT, "clips")
+TMP = os.path.join(OUT, ".tmp")
+RATE, MAX_S, MIN_S = 16000, 10.0, 0.3
+SPLITS = ("train", "valid", "test")
+
+SONIC = "/usr/share/sonic-pi/samples"
+AST_TXT = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+PS = "/usr/share/pocketsphinx/test/data"
+
+
+def die(msg):
+    print("make_demo_data: error: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def find_asterisk():
+    base = "/usr/share/asterisk/sounds"
+    for name in ["en_US_f_Allison", "en_US", "en"] + (sorted(os.listdir(base)) if os.path.isdir(base) else []):
+        d = os.path.join(base, name)
+        if os.path.isfile(os.path.join(d, "digits", "0.wav")):
+            return os.path.realpath(d)
+    die("no asterisk English WAV prompts under %s (package asterisk-core-sounds-en-wav)" % base)
+
+
+AST = find_asterisk()
+for path in (SONIC, AST_TXT, PS):
+    if not os.path.exists(path):
+        die("'%s' is missing (are the demo's Debian packages installed?)" % path)
+
+rng = random.Random(SEED)
+notes = []  # oddities, printed in the summary
+
+# ---- words ----------------------------------------------------------------------------------
+NUM = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "red", "blue"]
+CLASS_OF_PREFIX = {
+    "ambi": "ambient", "bass": "bass", "bd": "kick drum", "drum": "drum", "sn": "drum",
+    "elec": "electronic", "glitch": "glitch", "mehackit": "glitch", "guit": "guitar",
+    "loop": "loop", "perc": "percussion", "tabla": "tabla", "vinyl": "vinyl",
+}
+PHRASE = {
+    "ambient": "an ambient sound", "bass": "a bass sound", "kick drum": "a kick drum",
+    "drum": "a drum", "electronic": "an electronic sound", "glitch": "a glitchy sound",
+    "guitar": "a guitar", "loop": "a music loop", "percussion": "a percussion sound",
+    "tabla": "a tabla", "vinyl": "a vinyl record noise",
+}
+ASK = {
+    "cla": ["What kind of sound is this?", "Which sound class is this?", "Classify this sound."],
+    "speech_or_not": ["Is someone speaking?", "Is there speech in this clip?", "Does this clip contain a voice?"],
+    "digit": ["Which digit is spoken?", "What number does the voice say?"],
+    "word": ["Which word is spoken?", "What word does the voice say?"],
+    "beeps": ["How many beeps are there?", "Count the beeps."],
+    "pitch": ["Does the pitch rise or fall?", "Is the tone rising or falling?"],
+    "louder": ["Which tone is louder, the first or the second?", "Is the first or the second tone louder?"],
+    "voice": ["Is the voice male or female?", "Is the speaker male or female?"],
+    "transcribe": ["What does the voice say?", "Transcribe the speech."],
+    "caption": ["Describe the audio.", "Write a short caption for this clip."],
+    "mix_bg": ["What sound plays behind the voice?", "What kind of sound is in the background?"],
+}
+CLOSED = ["cla", "speech_or_not", "digit", "word", "beeps", "pitch", "louder", "voice", "mix_bg"]
+
+
+def norm_text(s):
+    s = re.sub(r"\[[^\]]*\]", " ", s.lower())
+    s = s.replace("-", " ").replace(".", "")
+    s = re.sub(r"[^a-z0-9' ]+", " ", s)
+    return " ".join(s.split())
+
+
+# ---- sources and splits ------------------------------------------------------------------------
+# A source is one original recording or one synthesized utterance; everything made from it
+# goes to its split. Splits are drawn per group (a class, a digit, a word ...): 10% valid and
+# 10% test, at least one each when the group has three sources or more.
+source_split = {}
+
+
+def assign(groups):
+    for key in sorted(groups):
+        ids = sorted(groups[key])
+        rng.shuffle(ids)
+        n = len(ids)
+        n_eval = max(1, round(0.1 * n)) if n >= 3 else 0
+        for i, sid in enumerate(ids):
+            source_split[sid] = "test" if i < n_eval else "valid" if i < 2 * n_eval else "train"
+
+
+clips = []  # dicts: name, cmds (argv lists, run in order), sources, kind, labels
+
+
+def clip(name, cmds, sources, kind, **labels):
+    c = {"name": "clips/%s.wav" % name, "cmds": cmds, "sources": sources, "kind": kind, "labels": labels}
+    clips.append(c)
+    return c
+
+
+def dst(name):
+    return os.path.join(CLIPS, name + ".wav")
+
+
+def sox_cmd(inputs, name, effects, input_opts=()):
+    return ["sox", "-R", "-V1", *input_opts, *inputs, "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer",
+            dst(name), *effects]
+
+
+def durations(paths):
+    res = subprocess.run(["soxi", "-D", *paths], capture_output=True, text=True)
+    if res.returncode != 0:
+        die("soxi failed: " + res.stderr.strip())
+    return [float(x) for x in res.stdout.split()]
+
+
+def f3(x):
+    return "%.3f" % x
+
+
+# sonic-pi: variants per source so that every class has about 48 clips
+sonic_files = sorted(f for f in os.listdir(SONIC) if f.endswith(".flac"))
+if len(sonic_files) < 100:
+    die("only %d sonic-pi samples in %s" % (len(sonic_files), SONIC))
+sonic = []
+skipped = []
+for f, d in zip(sonic_files, durations([os.path.join(SONIC, f) for f in sonic_files])):
+    prefix = f.split("_")[0]
+    if prefix not in CLASS_OF_PREFIX:
+        skipped.append(f)
+        continue
+    sonic.append((f, CLASS_OF_PREFIX[prefix], d))
+if skipped:
+    notes.append("sonic-pi samples without a class (not used): " + " ".join(skipped))
+by_class = collections.defaultdict(list)
+for f, c, d in sonic:
+    by_class[c].append("sonic/" + f[:-5])
+assign(by_class)
+
+for f, c, d in sonic:
+    sid = "sonic/" + f[:-5]
+    n_var = min(12, max(2, round(48 / len(by_class[c]))))
+    if source_split[sid] != "train":  # evaluation: fewer near-copies of one source
+        n_var = min(n_var, 4)
+    for v in range(n_var):
+        speed = 1.0 if v == 0 else rng.uniform(0.8, 1.25)
+        gain = -1.0 if v == 0 else -rng.uniform(1, 12)
+        reverb = v > 0 and rng.random() < 0.3
+        eff = ["channels", "1", "speed", f3(speed)] + (["reverb", str(rng.randint(20, 60))] if reverb else [])
+        length = min(MAX_S, d / speed)  # (sox's reverb adds no tail)
+        eff += ["rate", "-h", str(RATE), "gain", "-n", f3(gain), "trim", "0", f3(MAX_S)]
+        if length < MIN_S:
+            eff += ["pad", "0", f3(MIN_S - length + 0.01)]
+        name = "sp_%s_v%d" % (f[:-5], v)
+        clip(name, [sox_cmd([os.path.join(SONIC, f)], name, eff)], [sid], "sonic", cls=c)
+
+# espeak-ng: digits and command words
+MALE = ["", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7"]
+FEMALE = ["+f1", "+f2", "+f3", "+f4", "+f5", "+linda", "+steph", "+Annie"]
+ACCENTS = ["en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029"]
+seen = set()
+
+
+def espeak_set(texts, per_text, task, group=lambda text: text):
+    groups = collections.defaultdict(list)
+    made = []
+    for text in texts:
+        for k in range(per_text):
+            gender = "male" if k % 2 == 0 else "female"
+            while True:
+                params = (rng.choice(ACCENTS) + rng.choice(MALE if gender == "male" else FEMALE),
+                          rng.randint(130, 200), rng.randint(30, 70), text)
+                if params not in seen:  # identical parameters give identical audio
+                    seen.add(params)
+                    break
+            sid = "espeak/%s_%s_%02d" % (task, text.replace(" ", "-"), k)
+            groups[group(text)].append(sid)
+            made.append((sid, params, gender))
+    assign(groups)
+    for sid, (voice, speed, pitch, text), gender in made:
+        name = "es_" + sid.split("/")[1]
+        raw = os.path.join(TMP, name + ".wav")
+        lead = rng.uniform(0.05, 0.4)
+        cmds = [["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw, text],
+                sox_cmd([raw], name, ["rate", "-h", str(RATE), "gain", "-n", f3(-rng.uniform(1, 6)),
+                                      "pad", f3(lead), f3(rng.uniform(0.05, 0.3))])]
+        clip(name, cmds, [sid], "espeak", text=text, gender=gender, task=task)
+
+
+espeak_set(NUM, 20, "digit")
+espeak_set(WORDS, 12, "word")
+# short phrases for the open "transcribe" task: each phrase is said by several voices, and
+# the phrases are split by template, so that test phrases were heard (in other voices) in train
+PHRASES = (["press " + d for d in NUM] + ["turn " + w for w in ("left", "right", "up", "down")] +
+           ["%s %s" % (c, d) for c in ("red", "blue") for d in NUM] + ["stop now", "go now", "yes please", "no thanks"])
+espeak_set(PHRASES, 4, "transcribe", group=lambda text: text.split()[0])
+
+# asterisk: transcripts from core-sounds-en.txt.gz ("name: text")
+transcripts = {}
+with gzip.open(AST_TXT, "rt", encoding="utf-8", errors="replace") as fh:
+    for line in fh:
+        if ":" in line and not line.startswith(";"):
+            key, text = line.split(":", 1)
+            transcripts[key.strip()] = text.strip()
+ast_files = sorted(os.path.relpath(os.path.join(r, f), AST)[:-4]
+                   for r, _, fs in os.walk(AST) for f in fs if f.endswith(".wav"))
+no_text = [k for k in ast_files if k not in transcripts]
+no_file = [k for k in transcripts if k not in set(ast_files)]
+if no_text:
+    notes.append("asterisk prompts without a transcript (used as speech only): " + " ".join(no_text))
+if no_file:
+    notes.append("asterisk transcripts without a WAV: " + " ".join(no_file))
+ast = []
+for key in ast_files:
+    path = os.path.join(AST, key + ".wav")
+    try:
+        with wave.open(path) as w:
+            d = w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError) as e:
+        notes.append("asterisk %s unreadable (%s), skipped" % (key, e))
+        continue
+    raw_text = transcripts.get(key, "")
+    if key.startswith("silence/"):
+        kind = "silence"
+    elif raw_text.startswith("[") and raw_text.endswith("]"):
+        kind = "nonspeech"
+    else:
+        kind = "speech"
+    if d > MAX_S:
+        continue
+    ast.append((key, d, kind, raw_text))
+long_n = len(ast_files) - len(ast)
+notes.append("asterisk prompts over %g s (not used): %d" % (MAX_S, long_n))
+groups = collections.defaultdict(list)
+for key, d, kind, raw_text in ast:
+    cat = key.split("/")[0] if "/" in key else "prompt"
+    groups["ast-" + cat + "-" + kind].append("asterisk/" + key)
+assign(groups)
+DIGIT_KEYS = {"digits/%d" % i: NUM[i] for i in range(10)}
+for key, d, kind, raw_text in ast:
+    sid = "asterisk/" + key
+    base = "as_" + key.replace("/", "_")
+    text = norm_text(raw_text) if kind == "speech" else ""
+    if kind == "speech" and not text:
+        kind = "speech_unlabelled"
+    # digits: 4 extra variants (tempo, pitch) each, as there are only ten of them
+    n_var = 5 if key in DIGIT_KEYS else 1
+    for v in range(n_var):
+        eff = []
+        if v > 0:
+            eff = ["tempo", f3(rng.uniform(0.85, 1.2)), "pitch", str(rng.randint(-250, 250))]
+        eff += ["rate", "-h", str(RATE)]
+        eff += ["gain", "-n", f3(-rng.uniform(1, 6))] if kind != "silence" else []
+        eff += ["trim", "0", f3(MAX_S)]
+        if d < MIN_S:
+            eff += ["pad", "0", f3(MIN_S - d + 0.01)]
+        name = base + ("_v%d" % v if n_var > 1 else "")
+        clip(name, [sox_cmd([os.path.join(AST, key + ".wav")], name, eff)], [sid], "asterisk",
+             key=key, akind=kind, text=text, raw=raw_text)
+
+# pocketsphinx-testdata: read speech
+ps_items = []
+for sub, listing in (("cards", "cards/cards.transcription"), ("librivox", "librivox/transcription")):
+    with open(os.path.join(PS, listing)) as fh:
+        for line in fh:
+            m = re.match(r"\s*<s>(.*)</s>\s*\(([^)]+)\)", line)
+            if m:
+                ps_items.append((os.path.join(PS, sub, m.group(2) + ".wav"), norm_text(m.group(1)), ()))
+RAW = ("-t", "raw", "-r", "16000", "-e", "signed-integer", "-b", "16", "-c", "1", "-L")
+# goforward.raw: "go forward ten meters" (the pocketsphinx tests); dhd.2934z.raw: TIDIGITS
+# naming, "2934z" = two nine three four zero; numbers.raw and something.raw: no transcript.
+ps_items += [(os.path.join(PS, "goforward.raw"), "go forward ten meters", RAW),
+             (os.path.join(PS, "tidigits/dhd.2934z.raw"), "two nine three four zero", RAW),
+             (os.path.join(PS, "numbers.raw"), "", RAW), (os.path.join(PS, "something.raw"), "", RAW)]
+ps_items = [it for it in ps_items if os.path.exists(it[0])]
+if len(ps_items) < 10:
+    notes.append("pocketsphinx-testdata: only %d clips found" % len(ps_items))
+assign({"ps": ["pocketsphinx/" + os.path.basename(p).rsplit(".", 1)[0] for p, _, _ in ps_items]})
+for path, text, opts in ps_items:
+    stem = os.path.basename(path).rsplit(".", 1)[0]
+    name = "ps_" + re.sub(r"[^A-Za-z0-9_]", "_", stem)
+    clip(name, [sox_cmd([path], name, ["rate", "-h", str(RATE), "gain", "-n", "-2", "trim", "0", f3(MAX_S)],
+                        input_opts=opts)], ["pocketsphinx/" + stem], "pocketsphinx", text=text)
+
+# sox tones: beeps (count 1-5), rising / falling pitch, which of two tones is louder
+WAVES = ["sine", "sine", "square", "triangle", "sawtooth"]
+
+
+def tone(d, wave_, freq, gain):
+    return ["synth", f3(d), wave_, freq, "fade", "q", "0.01", f3(d), "0.01", "gain", f3(gain)]
+
+
+def pipe(effects):
+    return "|sox -R -V1 -r %d -c 1 -n -p %s" % (RATE, " ".join(effects))
+
+
+tone_groups = collections.defaultdict(list)
+tone_specs = []
+for n in range(1, 6):
+    for k in range(50):
+        tone_specs.append(("beeps", "%d_%02d" % (n, k), n))
+for label in ("rising", "falling"):
+    for k in range(60):
+        tone_specs.append(("pitch", "%s_%02d" % (label, k), label))
+for label in ("first", "second"):
+    for k in range(60):
+        tone_specs.append(("louder", "%s_%02d" % (label, k), label))
+for task, tag, label in tone_specs:
+    tone_groups[task + str(label)].append("tone/%s_%s" % (task, tag))
+assign(tone_groups)
+for task, tag, label in tone_specs:
+    sid = "tone/%s_%s" % (task, tag)
+    name = "tn_%s_%s" % (task, tag)
+    wv = rng.choice(WAVES)
+    lead = f3(rng.uniform(0.1, 0.6))
+    if task == "beeps":
+        d, gap, f = rng.uniform(0.08, 0.3), rng.uniform(0.12, 0.45), rng.randint(300, 2000)
+        eff = tone(d, wv, str(f), -3) + ["pad", "0", f3(gap), "repeat", str(label - 1), "pad", lead, "0.2",
+                                         "gain", "-n", f3(-rng.uniform(1, 15))]
+        cmds = [["sox", "-R", "-V1", "-r", str(RATE), "-c", "1", "-n", "-b", "16", dst(name)] + eff]
+        clip(name, cmds, [sid], "tone", task=task, answer=NUM[label], n=label)
+    elif task == "pitch":
+        lo, hi = rng.randint(200, 600), rng.randint(700, 2000)
+        a, b = (lo, hi) if label == "rising" else (hi, lo)
+        if rng.random() < 0.5:  # a sweep
+            d = rng.uniform(0.6, 2.0)
+            eff = tone(d, wv, "%d/%d" % (a, b), -3) + ["pad", lead, "0.2", "gain", "-n", f3(-rng.uniform(1, 12))]
+            cmds = [["sox", "-R", "-V1", "-r", str(RATE), "-c", "1", "-n", "-b", "16", dst(name)] + eff]
+            how = "sweep"
+        else:  # two to four steps
+            steps = rng.randint(2, 4)
+            freqs = [round(a * (b / a) ** (i / (steps - 1))) for i in range(steps)]
+            d, gap = rng.uniform(0.15, 0.4), rng.uniform(0.0, 0.15)
+            ins = [pipe(tone(d, wv, str(fr), -3) + ["pad", "0", f3(gap)]) for fr in freqs]
+            cmds = [sox_cmd(ins, name, ["pad", lead, "0.2", "gain", "-n", f3(-rng.uniform(1, 12))])]
+            how = "steps"
+        clip(name, cmds, [sid], "tone", task=task, answer=label, how=how)
+    else:  # louder
+        f = rng.randint(250, 1500)
+        f2 = round(f * rng.uniform(0.8, 1.25))
+        diff = rng.uniform(6, 15)
+        g1, g2 = (-3, -3 - diff) if label == "first" else (-3 - diff, -3)
+        d, gap = rng.uniform(0.3, 0.8), rng.uniform(0.2, 0.5)
+        ins = [pipe(tone(d, wv, str(f), g1) + ["pad", "0", f3(gap)]), pipe(tone(d, wv, str(f2), g2))]
+        cmds = [sox_cmd(ins, name, ["pad", lead, "0.2", "gain", "-n", f3(-rng.uniform(1, 10))])]
+        clip(name, cmds, [sid], "tone", task=task, answer=label)
+
+
+# ---- run ----------------------------------------------------------------------------------------
+def run_all(batch, what):
+    def one(c):
+        for cmd in c["cmds"]:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if r.returncode != 0:
+                return "%s: %s exited %d: %s" % (c["name"], cmd[0], r.returncode, r.stderr.strip()[-400:])
+        return None
+
+    with ThreadPoolExecutor(max_workers=JOBS) as ex:
+        errors = [e for e in ex.map(one, batch) if e]
+    if errors:
+        die("%d of %d %s failed; first: %s" % (len(errors), len(batch), what, errors[0]))
+
+
+def wav_seconds(c):
+    with wave.open(os.path.join(OUT, c["name"])) as w:
+        if w.getframerate() != RATE or w.getnchannels() != 1 or w.getsampwidth() != 2:
+            die("%s: not 16 kHz mono 16-bit" % c["name"])
+        return w.getnframes() / RATE
+
+
+shutil.rmtree(CLIPS, ignore_errors=True)
+shutil.rmtree(TMP, ignore_errors=True)
+os.makedirs(CLIPS)
+os.makedirs(TMP)
+run_all(clips, "clips")
+for c in clips:
+    c["dur"] = wav_seconds(c)
+
+# ---- mixtures: speech over a sonic-pi clip of the same split --------------------------------
+bg_by_split = collections.defaultdict(lambda: collections.defaultdict(list))
+for c in clips:
+    if c["kind"] == "sonic" and c["dur"] >= 0.3:
+        bg_by_split[source_split[c["sources"][0]]][c["labels"]["cls"]].append(c)
+speech_for_mix = [c for c in clips if (c["kind"] == "espeak" and rng.random() < 0.8) or
+                  (c["kind"] == "asterisk" and c["labels"]["akind"] == "speech" and
+                   (c["labels"]["key"] in DIGIT_KEYS or c["labels"]["key"].startswith(("letters/", "phonetic/")))
+                   and c["dur"] <= 3)]
+mixes = []
+for k, sp in enumerate(speech_for_mix):
+    split = source_split[sp["sources"][0]]
+    classes = sorted(bg_by_split[split])
+    if not classes:
+        continue
+    cls = rng.choice(classes)
+    bg = rng.choice(bg_by_split[split][cls])
+    lead, tail = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.6)
+    d = min(MAX_S, sp["dur"] + lead + tail)
+    gap = rng.uniform(0.0, 0.4) if bg["dur"] < 2 else 0.0
+    reps = int(math.ceil(d / (bg["dur"] + gap)))
+    bg_gain = rng.uniform(0.25, 0.6)
+    name = "mx_%04d" % k
+    ins = ["-v", "1", "|sox -R -V1 %s -p pad %s %s" % (shlex.quote(os.path.join(OUT, sp["name"])), f3(lead), f3(tail)),
+           "-v", f3(bg_gain), "|sox -R -V1 %s -p pad 0 %s repeat %d trim 0 %s" % (
+               shlex.quote(os.path.join(OUT, bg["name"])), f3(gap), reps, f3(d))]
+    cmds = [sox_cmd(ins, name, ["gain", "-n", f3(-rng.uniform(1, 4)), "trim", "0", f3(MAX_S)], input_opts=["-m"])]
+    mixes.append(clip(name, cmds, sp["sources"] + bg["sources"], "mix", speech=sp, bg=bg, cls=cls))
+run_all(mixes, "mixtures")
+for c in mixes:
+    c["dur"] = wav_seconds(c)
+shutil.rmtree(TMP, ignore_errors=True)
+
+# ---- examples -------------------------------------------------------------------------------
+records = {s: [] for s in SPLITS}
+pools = {s: collections.defaultdict(list) for s in SPLITS}  # balanced later: speech_or_not, voice, cla speech
+
+
+def split_of(c):
+    splits = {source_split[s] for s in c["sources"]}
+    assert len(splits) == 1, c
+    return splits.pop()
+
+
+def ex(c, task, output, pool=None):
+    r = {"audio": c["name"], "instruction": rng.choice(ASK[task]), "output": output, "task": task,
+         "sources": c["sources"]}
+    s = split_of(c)
+    if pool:
+        pools[s][pool].append(r)
+    else:
+        records[s].append(r)
+
+
+def speech_caption(gender, text, short=True):
+    who = {"male": "a male voice", "female": "a female voice"}.get(gender, "a person")
+    return "%s says %s" % (who, text) if short else who + " speaks"
+
+
+for c in clips:
+    L = c["labels"]
+    if c["kind"] == "sonic":
+        ex(c, "cla", L["cls"])
+        if rng.random() < 0.5:  # the caption says what cla says: half of them
+            ex(c, "caption", PHRASE[L["cls"]])
+        ex(c, "speech_or_not", "no", pool="sp_no")
+    elif c["kind"] == "espeak":
+        ex(c, L["task"], L["text"])
+        ex(c, "voice", L["gender"], pool="voice_" + L["gender"])
+        ex(c, "caption", speech_caption(L["gender"], L["text"]))
+        ex(c, "speech_or_not", "yes", pool="sp_yes")
+        ex(c, "cla", "speech", pool="cla_speech")
+    elif c["kind"] == "asterisk":
+        k = L["akind"]
+        if k == "silence":
+            ex(c, "speech_or_not", "no")
+            ex(c, "caption", "silence")
+        elif k == "nonspeech":
+            ex(c, "speech_or_not", "no")
+            ex(c, "caption", norm_text(L["raw"].strip("[]")).replace("this is ", ""))
+            if "ascending" in L["key"] or "descending" in L["key"]:
+                ex(c, "pitch", "rising" if "ascending" in L["key"] else "falling")
+        else:
+            words = L["text"].split()
+            if L["key"] in DIGIT_KEYS:
+                ex(c, "digit", DIGIT_KEYS[L["key"]])
+            if words and len(words) <= 6:
+                ex(c, "transcribe", L["text"])
+            ex(c, "caption", speech_caption("female", L["text"], bool(words) and len(words) <= 6))
+            ex(c, "speech_or_not", "yes", pool="sp_yes")
+            ex(c, "voice", "female", pool="voice_female")
+            ex(c, "cla", "speech", pool="cla_speech")
+    elif c["kind"] == "pocketsphinx":
+        words = L["text"].split()
+        if words and len(words) <= 6:
+            ex(c, "transcribe", L["text"])
+            ex(c, "caption", speech_caption(None, L["text"]))
+        else:
+            ex(c, "caption", "a person reads a sentence aloud" if words else "a person speaks")
+        ex(c, "speech_or_not", "yes")
+        ex(c, "cla", "speech")
+    elif c["kind"] == "tone":
+        ex(c, L["task"], L["answer"])
+        if L["task"] == "beeps":
+            cap = "one beep" if L["n"] == 1 else NUM[L["n"]] + " beeps"
+        elif L["task"] == "pitch":
+            cap = ("a tone sweeping " if L["how"] == "sweep" else "tones stepping ") + ("up" if L["answer"] == "rising" else "down")
+        else:
+            cap = "two tones, the %s one louder" % L["answer"]
+        if rng.random() < 0.5:
+            ex(c, "caption", cap)
+        ex(c, "speech_or_not", "no", pool="sp_no")
+    elif c["kind"] == "mix":
+        sp, bg = L["speech"], L["bg"]
+        ex(c, "mix_bg", L["cls"])
+        if sp["kind"] == "espeak":
+            spl = sp["labels"]
+            ex(c, spl["task"], spl["text"])
+            ex(c, "voice", spl["gender"], pool="voice_" + spl["gender"])
+            gender, text = spl["gender"], spl["text"]
+        else:
+            key = sp["labels"]["key"]
+            if key in DIGIT_KEYS:
+                ex(c, "digit", DIGIT_KEYS[key])
+            else:
+                ex(c, "transcribe", sp["labels"]["text"])
+            gender, text = "female", sp["labels"]["text"]
+        ex(c, "caption", speech_caption(gender, text) + " over " + PHRASE[L["cls"]])
+        ex(c, "speech_or_not", "yes", pool="sp_yes")
+
+# balance: speech yes = no; male = female; "speech" about as frequent as a sound class
+# (yes/no and male/female each at most a tenth of the split's clips: the tasks are easy)
+for s in SPLITS:
+    P = pools[s]
+    n_clips = len({c["name"] for c in clips if split_of(c) == s})
+    for a, b in (("sp_yes", "sp_no"), ("voice_male", "voice_female")):
+        n = min(len(P[a]), len(P[b]), max(1, n_clips // 10))
+        for key in (a, b):
+            rng.shuffle(P[key])
+            records[s] += P[key][:n]
+    n_cls = collections.Counter(r["output"] for r in records[s] if r["task"] == "cla")
+    target = round(sum(n_cls.values()) / max(1, len(n_cls))) - n_cls.get("speech", 0)
+    rng.shuffle(P["cla_speech"])
+    records[s] += P["cla_speech"][:max(0, target)]
+    rng.shuffle(records[s])
+
+# ---- leakage guard, manifests --------------------------------------------------------------
+owner = {}
+for s in SPLITS:
+    for r in records[s]:
+        for src in r["sources"]:
+            if owner.setdefault(src, s) != s:
+                die("internal: source %s in %s and %s" % (src, owner[src], s))
+used = {r["audio"] for s in SPLITS for r in records[s]}
+for c in clips:  # clips no example uses (a balanced-away pool) are removed
+    if c["name"] not in used:
+        os.remove(os.path.join(OUT, c["name"]))
+
+
+def write_jsonl(path, rows):
+    with open(path + ".part", "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(path + ".part", path)
+
+
+for s in SPLITS:
+    write_jsonl(os.path.join(OUT, s + ".jsonl"), records[s])
+
+# ---- text-only corpus -----------------------------------------------------------------------
+text = []
+pairs = sorted({(r["instruction"], r["output"], r["task"]) for r in records["train"]})
+for ins, outp, task in pairs:
+    if task in CLOSED:  # every question with every answer of its task, once: the answer space
+        text.append({"instruction": ins, "output": outp, "task": "text"})
+said = sorted({r["output"] for r in records["train"] if r["task"] in ("transcribe", "caption")} | set(WORDS))
+for t in said:
+    text.append({"instruction": "Repeat after me: " + t, "output": t, "task": "text"})
+for i, w in enumerate(NUM):
+    text.append({"instruction": "Write the number %d as a word." % i, "output": w, "task": "text"})
+    text.append({"instruction": "Write the word %s as a digit." % w, "output": str(i), "task": "text"})
+    if i < 9:
+        text.append({"instruction": "What number comes after %s?" % w, "output": NUM[i + 1], "task": "text"})
+for a, b in (("rising", "falling"), ("first", "second"), ("male", "female"), ("yes", "no"),
+             ("up", "down"), ("left", "right"), ("on", "off"), ("stop", "go")):
+    text.append({"instruction": "What is the opposite of %s?" % a, "output": b, "task": "text"})
+    text.append({"instruction": "What is the opposite of %s?" % b, "output": a, "task": "text"})
+for cls in sorted(PHRASE):
+    text.append({"instruction": "Describe the sound class %s in a few words." % cls, "output": PHRASE[cls], "task": "text"})
+rng.shuffle(text)
+write_jsonl(os.path.join(OUT, "text.jsonl"), text)
+
+# tokenizer corpus: every train and text record once, in the plain chat format's words, so
+# that the frequent strings of training (questions, answers, "User:") become few pieces
+with open(os.path.join(OUT, ".spm_corpus.txt"), "w", encoding="utf-8") as fh:
+    for r in records["train"] + text:
+        fh.write("User: %s\nAssistant: %s\n" % (r["instruction"], r["output"]))
+
+# ---- stats ----------------------------------------------------------------------------------
+tasks = sorted({r["task"] for s in SPLITS for r in records[s]})
+stats = {"seed": SEED, "sample_rate": RATE, "max_seconds": MAX_S, "tasks": {}, "splits": {}, "notes": notes}
+for s in SPLITS:
+    srcs = {src for r in records[s] for src in r["sources"]}
+    cl = {r["audio"] for r in records[s]}
+    kinds = collections.Counter(n.split("/")[1].split("_")[0] for n in cl)
+    secs = sum(c["dur"] for c in clips if c["name"] in cl)
+    stats["splits"][s] = {"examples": len(records[s]), "clips": len(cl), "sources": len(srcs),
+                          "hours": round(secs / 3600, 3),
+                          "clips_by_kind": {{"sp": "sonic-pi", "es": "espeak", "as": "asterisk", "ps": "pocketsphinx",
+                                             "tn": "tone", "mx": "mixture"}[k]: v for k, v in sorted(kinds.items())}}
+for t in tasks:
+    per = {s: collections.Counter(r["output"] for r in records[s] if r["task"] == t) for s in SPLITS}
+    info = {"counts": {s: sum(per[s].values()) for s in SPLITS}, "closed": t in CLOSED}
+    major, _ = per["train"].most_common(1)[0] if per["train"] else ("", 0)
+    n_test = sum(per["test"].values())
+    info["majority_answer"] = major
+    info["majority_rate_test"] = round(per["test"][major] / n_test, 4) if n_test else None
+    if t in CLOSED:
+        answers = sorted(set(per["train"]) | set(per["valid"]) | set(per["test"]))
+        info["classes"] = answers
+        info["num_classes"] = len(answers)
+        info["chance_uniform"] = round(1 / len(answers), 4)
+    else:
+        info["distinct_answers"] = {s: len(per[s]) for s in SPLITS}
+        info["test_answers_seen_in_train"] = round(
+            sum(n for a, n in per["test"].items() if a in per["train"]) / n_test, 4) if n_test else None
+    stats["tasks"][t] = info
+stats["text_records"] = len(text)
+with open(os.path.join(OUT, "stats.json"), "w") as fh:
+    json.dump(stats, fh, indent=2)
+    fh.write("\n")
+PY
+
+# ---- tokenizer ----------------------------------------------------------------------------
+# (run inside the folder: the model records its input and prefix paths, which must not
+# depend on where the folder is, for the files to be identical for a seed)
+spm_log="$out/.spm_train.log"
+if ! (cd "$out" && spm_train --input=.spm_corpus.txt --model_prefix=tokenizer --vocab_size="$vocab" \
+      --model_type=bpe --byte_fallback=true --split_digits=true --character_coverage=1.0 \
+      --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=3 --control_symbols='<|im_start|>,<|im_end|>' \
+      --num_threads=1 --minloglevel=1) >"$spm_log" 2>&1; then
+  tail -n 5 "$spm_log" >&2
+  die "spm_train failed (see $spm_log); a smaller --vocab may fit the corpus"
+fi
+rm -f "$spm_log" "$out/.spm_corpus.txt"
+# the tokenizer's facts go into stats.json
+python3 - "$out" "$vocab" <<'PY'
+import json, os, sys
+out, vocab = sys.argv[1], int(sys.argv[2])
+pieces = [l.split("\t")[0] for l in open(os.path.join(out, "tokenizer.vocab"), encoding="utf-8")]
+if "<|audio|>" in pieces:
+    sys.exit("make_demo_data: error: <|audio|> is in the tokenizer")
+p = os.path.join(out, "stats.json")
+stats = json.load(open(p))
+stats["tokenizer"] = {"file": "tokenizer.model", "type": "sentencepiece bpe, byte fallback", "vocab_size": len(pieces),
+                      "unk": pieces.index("<unk>"), "bos": pieces.index("<s>"), "eos": pieces.index("</s>"),
+                      "pad": pieces.index("<pad>"), "control": {t: pieces.index(t) for t in ("<|im_start|>", "<|im_end|>")}}
+json.dump(stats, open(p, "w"), indent=2)
+open(p, "a").write("\n")
+PY
+
+end=$(date +%s.%N)
+# ---- summary ------------------------------------------------------------------------------
+python3 - "$out" "$start" "$end" <<'PY'
+import json, os, sys
+out, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+st = json.load(open(os.path.join(out, "stats.json")))
+print("make_demo_data: wrote %s in %.1f s (seed %d)" % (out, t1 - t0, st["seed"]))
+for s, v in st["splits"].items():
+    print("  %-5s %5d examples  %4d clips  %4d sources  %.2f h  %s" % (
+        s, v["examples"], v["clips"], v["sources"], v["hours"],
+        " ".join("%s:%d" % kv for kv in v["clips_by_kind"].items())))
+print("  %-14s %6s %6s %6s  %-7s %s" % ("task", "train", "valid", "test", "classes", "chance (uniform / majority on test)"))
+for t, v in st["tasks"].items():
+    c = v["counts"]
+    k = str(v["num_classes"]) if v["closed"] else "open"
+    ch = ("%.3f / %.3f" % (v["chance_uniform"], v["majority_rate_test"] or 0)) if v["closed"] else \
+         ("- / %.3f" % (v["majority_rate_test"] or 0))
+    print("  %-14s %6d %6d %6d  %-7s %s" % (t, c["train"], c["valid"], c["test"], k, ch))
+tk = st["tokenizer"]
+print("  text.jsonl: %d text-only records" % st["text_records"])
+print("  tokenizer.model: %d pieces, unk %d bos %d eos %d pad %d, %s" % (
+    tk["vocab_size"], tk["unk"], tk["bos"], tk["eos"], tk["pad"],
+    " ".join("%s %d" % kv for kv in tk["control"].items())))
+for n in st["notes"]:
+    print("  note: " + n)
+PY
