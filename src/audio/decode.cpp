@@ -4,6 +4,7 @@
 #include <sndfile.h>
 #include <soxr.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -34,6 +35,14 @@ std::string format_name(int format) {
   return out;
 }
 
+// Rejects a header libsndfile opened but that describes no usable stream (the caller
+// closes `snd`).
+void check_header(const std::filesystem::path& file, const SF_INFO& info) {
+  if (info.channels <= 0 || info.samplerate <= 0)
+    fail(file, "header has " + std::to_string(info.channels) + " channels at " +
+                   std::to_string(info.samplerate) + " Hz");
+}
+
 // Opens `file` with libsndfile, turning every failure into an AudioError with a reason.
 SNDFILE* open_sndfile(const std::filesystem::path& file, SF_INFO& info) {
   std::error_code ec;
@@ -43,12 +52,48 @@ SNDFILE* open_sndfile(const std::filesystem::path& file, SF_INFO& info) {
   std::memset(&info, 0, sizeof info);
   SNDFILE* snd = sf_open(file.c_str(), SFM_READ, &info);
   if (!snd) fail(file, std::string(sf_strerror(nullptr)) + " (not a format libsndfile reads, or corrupt)");
-  if (info.channels <= 0 || info.samplerate <= 0) {
+  try {
+    check_header(file, info);
+  } catch (...) {
     sf_close(snd);
-    fail(file, "header has " + std::to_string(info.channels) + " channels at " +
-                   std::to_string(info.samplerate) + " Hz");
+    throw;
   }
   return snd;
+}
+
+// Bytes in memory as a read-only libsndfile virtual file.
+struct MemoryFile {
+  const std::string* bytes = nullptr;
+  sf_count_t position = 0;
+};
+
+sf_count_t memory_length(void* user) {
+  return static_cast<sf_count_t>(static_cast<MemoryFile*>(user)->bytes->size());
+}
+
+sf_count_t memory_seek(sf_count_t offset, int whence, void* user) {
+  auto* m = static_cast<MemoryFile*>(user);
+  const sf_count_t size = static_cast<sf_count_t>(m->bytes->size());
+  sf_count_t to = whence == SEEK_SET ? offset : whence == SEEK_CUR ? m->position + offset : size + offset;
+  m->position = std::clamp<sf_count_t>(to, 0, size);
+  return m->position;
+}
+
+sf_count_t memory_read(void* out, sf_count_t count, void* user) {
+  auto* m = static_cast<MemoryFile*>(user);
+  const sf_count_t n =
+      std::clamp<sf_count_t>(static_cast<sf_count_t>(m->bytes->size()) - m->position, 0, count);
+  std::memcpy(out, m->bytes->data() + m->position, static_cast<size_t>(n));
+  m->position += n;
+  return n;
+}
+
+sf_count_t memory_write(const void*, sf_count_t, void*) {
+  return 0;
+}
+
+sf_count_t memory_tell(void* user) {
+  return static_cast<MemoryFile*>(user)->position;
 }
 
 // libsndfile reads a WAV whose data chunk is cut short without complaint (it shortens
@@ -79,7 +124,10 @@ AudioInfo probe_audio(const std::filesystem::path& file) {
 }
 
 struct AudioStream::State {
-  std::filesystem::path file;
+  std::filesystem::path file;  // the file, or the name of in-memory audio
+  std::string memory;          // in-memory audio's bytes
+  MemoryFile memory_file;
+  SF_INFO sf_info{};
   LoadOptions options;
   AudioInfo info;
   SNDFILE* snd = nullptr;
@@ -113,15 +161,37 @@ struct AudioStream::State {
 };
 
 AudioStream::AudioStream(const std::filesystem::path& file, const LoadOptions& options)
-    : state_(std::make_unique<State>()) {
+    : AudioStream(
+          [&] {
+            auto s = std::make_unique<State>();
+            s->file = file;
+            s->snd = open_sndfile(file, s->sf_info);
+            return s;
+          }(),
+          options) {}
+
+AudioStream AudioStream::from_memory(std::string bytes, const std::string& name, const LoadOptions& options) {
+  auto s = std::make_unique<State>();
+  s->file = name;
+  if (bytes.empty()) fail(name, "the audio data is empty (0 bytes)");
+  s->memory = std::move(bytes);
+  s->memory_file.bytes = &s->memory;
+  static SF_VIRTUAL_IO io = {memory_length, memory_seek, memory_read, memory_write, memory_tell};
+  s->snd = sf_open_virtual(&io, SFM_READ, &s->sf_info, &s->memory_file);
+  if (!s->snd) fail(name, std::string(sf_strerror(nullptr)) + " (not a format libsndfile reads, or corrupt)");
+  check_header(name, s->sf_info);  // ~State closes s->snd
+  return AudioStream(std::move(s), options);
+}
+
+AudioStream::AudioStream(std::unique_ptr<State> state, const LoadOptions& options)
+    : state_(std::move(state)) {
   State& s = *state_;
-  s.file = file;
+  const std::filesystem::path& file = s.file;
   s.options = options;
   if (options.sample_rate <= 0)
     fail(file, "output sample rate must be > 0, got " + std::to_string(options.sample_rate));
   if (options.chunk_frames <= 0) fail(file, "chunk_frames must be > 0");
-  SF_INFO info;
-  s.snd = open_sndfile(file, info);
+  const SF_INFO& info = s.sf_info;
   reject_truncated_data_chunk(file, s.snd, info.channels * 4);
   s.info = {static_cast<int64_t>(info.frames), info.samplerate, info.channels, format_name(info.format)};
   if (s.info.frames <= 0) fail(file, "it holds no audio samples");
@@ -206,17 +276,30 @@ bool AudioStream::read(std::vector<float>& out) {
   return true;
 }
 
-at::Tensor load_audio(const std::filesystem::path& file, const LoadOptions& options) {
-  AudioStream stream(file, options);
+namespace {
+
+at::Tensor read_all(AudioStream& stream, const std::filesystem::path& name, int sample_rate) {
   std::vector<float> samples;
-  const double ratio = static_cast<double>(options.sample_rate) / stream.info().sample_rate;
-  samples.reserve(static_cast<size_t>(stream.info().frames * ratio) + 1024);
+  const double ratio = static_cast<double>(sample_rate) / stream.info().sample_rate;
+  samples.reserve(static_cast<size_t>(static_cast<double>(stream.info().frames) * ratio) + 1024);
   while (stream.read(samples)) {
   }
-  if (samples.empty()) fail(file, "the window holds no audio samples");
+  if (samples.empty()) fail(name, "the window holds no audio samples");
   at::Tensor out = at::empty({static_cast<int64_t>(samples.size())}, at::kFloat);
   std::memcpy(out.data_ptr<float>(), samples.data(), samples.size() * sizeof(float));
   return out;
+}
+
+}  // namespace
+
+at::Tensor load_audio(const std::filesystem::path& file, const LoadOptions& options) {
+  AudioStream stream(file, options);
+  return read_all(stream, file, options.sample_rate);
+}
+
+at::Tensor load_audio_from_memory(std::string bytes, const std::string& name, const LoadOptions& options) {
+  AudioStream stream = AudioStream::from_memory(std::move(bytes), name, options);
+  return read_all(stream, name, options.sample_rate);
 }
 
 std::vector<std::string> supported_audio_formats() {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -549,7 +550,15 @@ TrainResult run_curriculum(const fs::path& curriculum_file, const std::vector<st
                            const TrainOptions& options) {
   const CurriculumConfig curriculum = config::load<CurriculumConfig>(curriculum_file);
   const fs::path base = fs::absolute(curriculum_file).parent_path();
-  const fs::path output_dir = (base / curriculum.output_dir).lexically_normal();
+  fs::path output_dir = (base / curriculum.output_dir).lexically_normal();
+  // `--set output_dir=X` moves the whole curriculum (stage i then writes to X/<name>).
+  std::vector<std::string> stage_overrides;
+  for (const auto& o : overrides) {
+    if (o.rfind("output_dir=", 0) == 0)
+      output_dir = fs::absolute(o.substr(std::strlen("output_dir="))).lexically_normal();
+    else
+      stage_overrides.push_back(o);
+  }
   std::set<std::string> names;
   for (const auto& stage : curriculum.stages)
     if (!names.insert(stage.name).second)
@@ -566,7 +575,7 @@ TrainResult run_curriculum(const fs::path& curriculum_file, const std::vector<st
     all.push_back("output_dir=" + (output_dir / entry.name).string());
     if (!previous.empty()) all.push_back("init_from=" + previous.string());
     all.insert(all.end(), entry.set.begin(), entry.set.end());
-    all.insert(all.end(), overrides.begin(), overrides.end());
+    all.insert(all.end(), stage_overrides.begin(), stage_overrides.end());
     StageConfig stage = load_stage_config(file, all);
     log_info("curriculum ", curriculum_file.string(), ": stage ", i + 1, "/", curriculum.stages.size(), " '",
              entry.name, "'");

@@ -18,7 +18,7 @@ step(${CMAKE_COMMAND} -S ${CONSUMER_SOURCE} -B ${WORK_DIR}/build -G ${GENERATOR}
      -DCMAKE_PREFIX_PATH=${prefix} -DTorch_DIR=${Torch_DIR})
 step(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 file(MAKE_DIRECTORY ${WORK_DIR}/run)
-step(${WORK_DIR}/build/pal_consumer ${WORK_DIR}/run)
+step(${WORK_DIR}/build/pal_consumer ${WORK_DIR}/run ${FIXTURES})
 if(NOT last_output MATCHES "consumer OK")
   message(FATAL_ERROR "consumer printed: ${last_output}")
 endif()

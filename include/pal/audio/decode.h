@@ -46,6 +46,9 @@ struct LoadOptions {
 class AudioStream {
  public:
   AudioStream(const std::filesystem::path& file, const LoadOptions& options = {});
+  // The bytes of an audio file held in memory (a WAV, FLAC, OGG, ... as it would be on
+  // disk, e.g. from an HTTP request); `name` stands for the file in messages.
+  static AudioStream from_memory(std::string bytes, const std::string& name, const LoadOptions& options = {});
   ~AudioStream();
   AudioStream(AudioStream&&) noexcept;
   AudioStream& operator=(AudioStream&&) noexcept;
@@ -57,11 +60,16 @@ class AudioStream {
 
  private:
   struct State;
+  AudioStream(std::unique_ptr<State> state, const LoadOptions& options);
   std::unique_ptr<State> state_;
 };
 
 // The whole window as a float32 CPU tensor [samples], mono at `options.sample_rate`.
 at::Tensor load_audio(const std::filesystem::path& file, const LoadOptions& options = {});
+
+// The same for audio file bytes held in memory (see AudioStream::from_memory).
+at::Tensor load_audio_from_memory(std::string bytes, const std::string& name,
+                                  const LoadOptions& options = {});
 
 // Names of the major formats the linked libsndfile reads (e.g. "WAV", "FLAC", "OGG").
 std::vector<std::string> supported_audio_formats();
