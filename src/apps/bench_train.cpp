@@ -135,7 +135,14 @@ int bench_train(const TrainBenchArgs& args) {
   options.progress_bar = false;
   auto last = std::chrono::steady_clock::now();
   std::vector<double> step_seconds;
-  options.on_step = [&](const train::StepMetrics&) {
+  double data = 0, compute = 0, update = 0;
+  int64_t seen = 0;
+  options.on_step = [&](const train::StepMetrics& m) {
+    if (++seen > warmup) {
+      data += m.data_seconds;
+      compute += m.compute_seconds;
+      update += m.update_seconds;
+    }
     const auto now = std::chrono::steady_clock::now();
     step_seconds.push_back(std::chrono::duration<double>(now - last).count());
     last = now;
@@ -187,6 +194,10 @@ int bench_train(const TrainBenchArgs& args) {
                             {"text_tokens_per_step", tokens_per_step},
                             {"timed_steps", a.steps},
                             {"pal_step_s", median},
+                            {"pal_step_parts_s",
+                             {{"data_wait", data / static_cast<double>(a.steps)},
+                              {"forward_backward", compute / static_cast<double>(a.steps)},
+                              {"optimizer", update / static_cast<double>(a.steps)}}},
                             {"pal_tokens_per_s", pal_tokens_per_s},
                             {"pal_peak_rss_mib", peak_resident_mib()},
                             {"reference", reference}};

@@ -30,6 +30,9 @@ struct StepMetrics {
   double tokens_per_second = 0;         // text tokens (prompt + answer) through the model
   double audio_seconds_per_second = 0;  // seconds of audio through the encoders
   bool skipped = false;      // fp16 overflow: no update
+  double data_seconds = 0;     // this step's wait for batches
+  double compute_seconds = 0;  // prompts, forward and backward of its micro-batches
+  double update_seconds = 0;   // gradient clipping and the optimizer
   double elapsed_seconds = 0;
 };
 
