@@ -5,6 +5,11 @@
 // from given audio features, cross-entropy on the answer tokens, AdamW) and one greedy
 // generation of 16 tokens. Reported beside the FLOPs the mode should cost (an analytic
 // count of the matrix products, forward + backward), all as ratios to `prefix`.
+//
+// With --encoders the step starts from audio: frozen encoders compute the frames. On
+// CUDA (--device cuda) memory is the caching allocator's peak of bytes held by tensors,
+// and --mfu relates each step's FLOPs to the dense matmul rate of --dtype measured on the
+// same card in the same run (bench_device.h).
 #include "bench_fusion.h"
 
 #include <ATen/Parallel.h>
@@ -12,13 +17,18 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <memory>
 
+#include "../train/autocast.h"
+#include "bench_device.h"
 #include "pal/core/error.h"
 #include "pal/core/runtime.h"
+#include "pal/models/ast_encoder.h"
 #include "pal/models/fusion.h"
 #include "pal/models/projector.h"
 #include "pal/models/whisper_encoder.h"
@@ -44,6 +54,7 @@ using Clock = std::chrono::steady_clock;
 using models::FusionMode;
 
 models::LlamaConfig bench_llm(const FusionBenchArgs& a) {
+  if (!a.llm_preset.empty()) return llm_preset(a.llm_preset);
   models::LlamaConfig c;
   c.vocab_size = 32000;
   c.hidden_size = a.width;
@@ -56,6 +67,43 @@ models::LlamaConfig bench_llm(const FusionBenchArgs& a) {
   c.rope_theta = 500000.0;
   c.tie_word_embeddings = true;
   return c;
+}
+
+// A frozen encoder of the step, by name.
+struct EncoderShape {
+  bool whisper = true;  // else AST
+  int64_t width = 0, layers = 0, heads = 0, ffn = 0, mels = 0;
+};
+
+EncoderShape encoder_shape(const std::string& name) {
+  if (name == "whisper-base") return {true, 512, 6, 8, 2048, 80};
+  if (name == "whisper-test") return {true, 64, 2, 4, 128, 80};
+  if (name == "ast-base") return {false, 768, 12, 12, 3072, 128};
+  if (name == "ast-test") return {false, 64, 2, 4, 128, 128};
+  throw Error("--encoders: '" + name + "' is not whisper-base, ast-base, whisper-test or ast-test");
+}
+
+std::vector<std::string> step_encoders(const FusionBenchArgs& a) {
+  if (!a.encoders.empty()) return a.encoders;
+  if (a.whole) return {"whisper-base"};
+  return {};
+}
+
+// AST's input: 1024 fbank frames of 128 bins, 16 x 16 patches at stride 10 in both axes.
+constexpr int64_t kAstFrames = 1024, kAstPatches = 12 * 101, kAstTokens = kAstPatches + 2;
+
+// Forward FLOPs of one encoder over one clip of Na / 50 seconds.
+double encoder_flops(const EncoderShape& e, double Na) {
+  const double d = static_cast<double>(e.width), ffn = static_cast<double>(e.ffn),
+               mels = static_cast<double>(e.mels), layers = static_cast<double>(e.layers);
+  if (e.whisper) {
+    // Two convolutions (k 3) over 2 Na mel frames, then blocks over Na frames.
+    const double convs = 2 * (2 * Na) * mels * d * 3 + 2 * Na * d * d * 3;
+    return convs + layers * (2 * Na * (4 * d * d + 2 * d * ffn) + 4 * Na * Na * d);
+  }
+  const double T = static_cast<double>(kAstTokens);
+  const double patches = 2 * static_cast<double>(kAstPatches) * 16 * 16 * d;
+  return patches + layers * (2 * T * (4 * d * d + 2 * d * ffn) + 4 * T * T * d);
 }
 
 // Multiply-adds x 2 of the matrix products of one step, forward and backward. With a
@@ -91,66 +139,112 @@ double step_flops(FusionMode mode, const FusionBenchArgs& a, const models::Llama
     if (reads_audio || mode == FusionMode::pal) backward += lin + 2 * att;
   }
   const double head = 2 * static_cast<double>(a.answer) * H * static_cast<double>(c.vocab_size);
-  const double projector = 2 * Na * H * H;
-  double encoder = 0;  // --whole: Whisper-base forward over Na frames (no backward: frozen)
-  if (a.whole) {
-    const double d = 512, ffn = 2048, mels = 80;
-    encoder = 2 * (2 * Na) * mels * d * 3 + 2 * Na * d * d * 3;             // the two convolutions
-    encoder += 6 * (2 * Na * (4 * d * d + 2 * d * ffn) + 4 * Na * Na * d);  // six blocks
+  // The MLP projector (features F wide -> H -> H): forward, then the weight gradients of
+  // both layers and the input gradient of the second (the features need none).
+  double F = H, encoder = 0;  // the encoders run forward only (frozen)
+  const std::vector<std::string> encoders = step_encoders(a);
+  if (!encoders.empty()) F = 0;
+  for (const auto& name : encoders) {
+    const EncoderShape e = encoder_shape(name);
+    F += static_cast<double>(e.width);
+    encoder += encoder_flops(e, Na);
   }
-  return B * (forward + backward + 2 * head + 3 * projector + encoder);
+  const double projector = 2 * Na * (F * H + H * H) + 2 * Na * (F * H + 2 * H * H);
+  return B * (forward + backward + 2 * head + projector + encoder);
+}
+
+std::shared_ptr<models::AudioEncoder> make_encoder(const std::string& name, int64_t audio_frames) {
+  const EncoderShape e = encoder_shape(name);
+  if (e.whisper) {
+    models::WhisperEncoderConfig wc;
+    wc.d_model = e.width;
+    wc.encoder_layers = e.layers;
+    wc.encoder_attention_heads = e.heads;
+    wc.encoder_ffn_dim = e.ffn;
+    wc.num_mel_bins = e.mels;
+    wc.max_source_positions = std::max<int64_t>(1500, audio_frames);
+    return std::make_shared<models::WhisperEncoderImpl>(wc);
+  }
+  models::AstEncoderConfig ac;
+  ac.hidden_size = e.width;
+  ac.num_hidden_layers = e.layers;
+  ac.num_attention_heads = e.heads;
+  ac.intermediate_size = e.ffn;
+  ac.num_mel_bins = e.mels;
+  ac.max_length = kAstFrames;
+  ac.target_length = kAstFrames;
+  return std::make_shared<models::AstEncoderImpl>(ac);
+}
+
+bool extended(const FusionBenchArgs& a) {
+  return a.device != "cpu" || a.dtype != "float32" || !a.llm_preset.empty() || !a.encoders.empty() || a.mfu;
 }
 
 // One mode, in this process: prints one JSON object.
 int run_one(const FusionBenchArgs& a) {
   const FusionMode mode = a.single;
+  const c10::Device device = parse_device(a.device);
+  const at::ScalarType dtype = parse_dtype(a.dtype);
+  // bf16 weights for the frozen parts; the trainable projector keeps float32 master weights
+  // and, on CUDA, the step runs under autocast as the trainer's AMP does.
+  const bool autocast = device.is_cuda() && dtype != at::kFloat;
   at::manual_seed(0);
   const models::LlamaConfig c = bench_llm(a);
   models::LlamaForCausalLM llm(c);
   for (auto& p : llm->parameters()) p.set_requires_grad(false);
+  llm->to(device, dtype);
   models::FusionConfig fc;
   fc.mode = mode;
   fc.start_layer = a.start_layer;
   const int64_t placeholder = c.vocab_size;  // one past the vocabulary, as a tokenizer's added token
   models::FusionDecoder model(llm, fc, placeholder);
-  // The whole step: a frozen Whisper-base encoder (random weights) turns a.audio / 50
-  // seconds of audio into a.audio frames of width 512 in every step.
-  models::WhisperEncoder encoder{nullptr};
-  int64_t feature_width = a.width;
-  if (a.whole) {
-    models::WhisperEncoderConfig wc;
-    wc.d_model = 512;
-    wc.encoder_layers = 6;
-    wc.encoder_attention_heads = 8;
-    wc.encoder_ffn_dim = 2048;
-    wc.num_mel_bins = 80;
-    wc.max_source_positions = std::max<int64_t>(1500, a.audio);
-    encoder = models::WhisperEncoder(wc);
-    encoder->train_last_blocks(0);
-    encoder->eval();
-    feature_width = 512;
+  // The whole step: frozen encoders (random weights) turn a.audio / 50 seconds of audio
+  // into a.audio frames in every step.
+  std::vector<std::shared_ptr<models::AudioEncoder>> encoders;
+  int64_t feature_width = 0;
+  for (const auto& name : step_encoders(a)) {
+    encoders.push_back(make_encoder(name, a.audio));
+    encoders.back()->train_last_blocks(0);
+    encoders.back()->eval();
+    encoders.back()->to(device, dtype);
+    feature_width += encoders.back()->width();
   }
+  if (encoders.empty()) feature_width = c.hidden_size;
   models::ProjectorConfig pc;
-  pc.hidden = a.width;
-  auto projector = models::make_projector(pc, feature_width, a.width);
+  pc.hidden = c.hidden_size;
+  auto projector = models::make_projector(pc, feature_width, c.hidden_size);
+  projector->to(device);
   torch::optim::AdamW optimizer(projector->parameters(), torch::optim::AdamWOptions(1e-4));
 
-  torch::Tensor features = torch::randn({a.batch, a.audio, feature_width});
-  torch::Tensor audio_mask = torch::ones({a.batch, a.audio}, torch::kBool);
+  const auto on_device = torch::TensorOptions().device(device);
+  torch::Tensor features = torch::randn({a.batch, a.audio, feature_width}).to(device);
+  torch::Tensor audio_mask = torch::ones({a.batch, a.audio}, on_device.dtype(torch::kBool));
   const int64_t samples = a.audio * 320;  // 50 frames per second at 16 kHz
-  torch::Tensor waveforms = torch::randn({a.batch, samples}) * 0.1;
-  torch::Tensor lengths = torch::full({a.batch}, samples, torch::kInt64);
+  torch::Tensor waveforms = (torch::randn({a.batch, samples}) * 0.1).to(device);
+  torch::Tensor lengths = torch::full({a.batch}, samples, torch::kInt64).to(device);
   torch::Tensor ids = torch::randint(0, c.vocab_size, {a.batch, a.text + 1}, torch::kInt64);
   ids.select(1, a.text / 4).fill_(placeholder);
   torch::Tensor valid = torch::ones({a.batch, a.text + 1}, torch::kBool);
   torch::Tensor labels = torch::zeros({a.batch, a.text + 1}, torch::kBool);
   labels.narrow(1, a.text + 1 - a.answer, a.answer).fill_(true);
+  const torch::Tensor ids_d = ids.to(device), valid_d = valid.to(device), labels_d = labels.to(device);
   auto audio_tokens = [&] {
-    if (a.whole) {
+    if (!encoders.empty()) {
       torch::NoGradGuard no_grad;
-      models::EncoderOutput encoded = encoder->encode(waveforms, lengths);
-      features = encoded.hidden;
-      audio_mask = encoded.mask;
+      std::vector<torch::Tensor> frames;
+      for (auto& encoder : encoders) {
+        models::EncoderOutput encoded = encoder->encode(waveforms, lengths);
+        torch::Tensor h = encoded.hidden;
+        if (h.size(1) != a.audio)  // AST's 10 Hz patches: to Na frames, linearly in time
+          h = torch::nn::functional::interpolate(h.transpose(1, 2).to(torch::kFloat),
+                                                 torch::nn::functional::InterpolateFuncOptions()
+                                                     .size(std::vector<int64_t>{a.audio})
+                                                     .mode(torch::kLinear)
+                                                     .align_corners(false))
+                  .transpose(1, 2);
+        frames.push_back(h.to(torch::kFloat));
+      }
+      features = frames.size() == 1 ? frames[0] : torch::cat(frames, -1);
     }
     models::AudioTokens tokens = projector->forward({features, audio_mask});
     models::EnsembleOutput out;
@@ -161,21 +255,29 @@ int run_one(const FusionBenchArgs& a) {
   };
   auto step = [&] {
     optimizer.zero_grad();
-    models::FusionOutput out = model->forward(ids, valid, audio_tokens(), labels);
+    models::FusionOutput out;
+    {
+      train::CudaAutocastGuard amp(autocast, dtype);
+      out = model->forward(ids_d, valid_d, audio_tokens(), labels_d);
+    }
     out.loss.backward();
     optimizer.step();
   };
   BlasThreadingGuard blas_threading;
-  const double rss_before = resident_mib();
+  synchronize(device);
+  const double memory_before = memory_now_mib(device);
+  reset_peak_memory(device);
   step();  // warm-up
+  synchronize(device);
   std::vector<double> seconds;
   for (int r = 0; r < a.repeats; ++r) {
     const auto start = Clock::now();
     step();
-    seconds.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    seconds.push_back(seconds_since(start, device));
   }
   std::sort(seconds.begin(), seconds.end());
-  const double step_memory = peak_resident_mib() - rss_before;
+  const double peak_memory = memory_peak_mib(device);
+  const double step_memory = peak_memory - memory_before;
 
   models::GenerationOptions g;
   g.max_new_tokens = 16;
@@ -187,19 +289,34 @@ int run_one(const FusionBenchArgs& a) {
   double generate_seconds = 0;
   {
     torch::NoGradGuard no_grad;
-    models::EnsembleOutput audio = audio_tokens();
+    models::EnsembleOutput audio;
+    {
+      train::CudaAutocastGuard amp(autocast, dtype);
+      audio = audio_tokens();
+    }
     model->generate(prompts, audio, g);  // warm-up
+    synchronize(device);
     const auto start = Clock::now();
     model->generate(prompts, audio, g);
-    generate_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    generate_seconds = seconds_since(start, device);
   }
   nlohmann::json out = {{"mode", config::enum_name(mode)},
                         {"step_seconds", seconds[seconds.size() / 2]},
                         {"step_memory_mib", step_memory},
                         {"generate_seconds", generate_seconds},
                         {"step_gflop", step_flops(mode, a, c) / 1e9}};
+  if (extended(a)) {
+    out["peak_memory_mib"] = peak_memory;      // everything held at the peak, weights included
+    out["memory_before_mib"] = memory_before;  // weights and inputs before the first step
+  }
   std::cout << out.dump() << "\n";
   return 0;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : ",") + s;
+  return out;
 }
 
 }  // namespace
@@ -208,6 +325,16 @@ int bench_fusion(const FusionBenchArgs& a, const std::string& self_exe) {
   const int threads = a.threads > 0 ? a.threads : available_cores();
   configure_threads({threads, 0});
   if (a.single_run) return run_one(a);
+  for (const auto& name : a.encoders) encoder_shape(name);  // bad names fail before any run
+  const c10::Device device = parse_device(a.device);
+  const at::ScalarType dtype = parse_dtype(a.dtype);
+
+  // The denominator of MFU, measured before the modes run (this process then frees it).
+  double peak_flops = 0;
+  if (a.mfu) {
+    peak_flops = matmul_flops_per_second(device, dtype, a.matmul_size, 2.0);
+    release_cached_memory(device);
+  }
 
   nlohmann::json runs = nlohmann::json::array();
   for (int64_t audio : a.audio_lengths)
@@ -215,22 +342,24 @@ int bench_fusion(const FusionBenchArgs& a, const std::string& self_exe) {
       nlohmann::json row = {{"audio_tokens", audio}, {"text_tokens", text}};
       nlohmann::json modes = nlohmann::json::object();
       for (FusionMode mode : {FusionMode::prefix, FusionMode::delayed, FusionMode::probe, FusionMode::pal}) {
-        char cmd[1024];
-        std::snprintf(
-            cmd, sizeof cmd,
-            "'%s' fusion --single %s --audio %lld --text %lld --batch %lld --layers %lld --width %lld "
-            "--start-layer %lld --answer %lld --repeats %d --threads %d%s",
-            self_exe.c_str(), config::enum_name(mode).c_str(), static_cast<long long>(audio),
-            static_cast<long long>(text), static_cast<long long>(a.batch), static_cast<long long>(a.layers),
-            static_cast<long long>(a.width), static_cast<long long>(a.start_layer),
-            static_cast<long long>(a.answer), a.repeats, threads, a.whole ? " --whole" : "");
-        FILE* pipe = popen(cmd, "r");
+        std::string cmd = "'" + self_exe + "' fusion --single " + config::enum_name(mode) + " --audio " +
+                          std::to_string(audio) + " --text " + std::to_string(text) + " --batch " +
+                          std::to_string(a.batch) + " --layers " + std::to_string(a.layers) + " --width " +
+                          std::to_string(a.width) + " --start-layer " + std::to_string(a.start_layer) +
+                          " --answer " + std::to_string(a.answer) + " --repeats " +
+                          std::to_string(a.repeats) + " --threads " + std::to_string(threads) +
+                          (a.whole ? " --whole" : "");
+        if (extended(a)) {
+          cmd += " --device " + a.device + " --dtype " + a.dtype;
+          if (!a.llm_preset.empty()) cmd += " --llm-preset " + a.llm_preset;
+          if (!a.encoders.empty()) cmd += " --encoders " + join(a.encoders);
+        }
+        FILE* pipe = popen(cmd.c_str(), "r");
         std::string text_out;
         char buf[4096];
         size_t n;
         while (pipe && (n = fread(buf, 1, sizeof buf, pipe)) > 0) text_out.append(buf, n);
-        if (!pipe || pclose(pipe) != 0)
-          throw Error(std::string("pal-bench fusion: the run '") + cmd + "' failed");
+        if (!pipe || pclose(pipe) != 0) throw Error("pal-bench fusion: the run '" + cmd + "' failed");
         modes[config::enum_name(mode)] = nlohmann::json::parse(text_out);
       }
       const nlohmann::json& base = modes["prefix"];
@@ -240,34 +369,76 @@ int bench_fusion(const FusionBenchArgs& a, const std::string& self_exe) {
         m["flop_ratio"] = m["step_gflop"].get<double>() / base["step_gflop"].get<double>();
         m["generate_time_ratio"] =
             m["generate_seconds"].get<double>() / base["generate_seconds"].get<double>();
+        if (m.contains("peak_memory_mib"))
+          m["peak_memory_ratio"] = m["peak_memory_mib"].get<double>() / base["peak_memory_mib"].get<double>();
+        if (a.mfu) {
+          const double achieved = m["step_gflop"].get<double>() * 1e9 / m["step_seconds"].get<double>();
+          m["achieved_tflops"] = achieved / 1e12;
+          m["mfu"] = achieved / peak_flops;
+        }
       }
       row["modes"] = modes;
       runs.push_back(row);
       if (!a.json)
-        for (auto& [name, m] : modes.items())
+        for (auto& [name, m] : modes.items()) {
           std::printf(
               "Na %5lld Nt %4lld %-8s step %7.3f s (x%.2f, FLOPs x%.2f)  memory %7.1f MiB (x%.2f)  "
-              "generate %6.3f s (x%.2f)\n",
+              "generate %6.3f s (x%.2f)",
               static_cast<long long>(audio), static_cast<long long>(text), name.c_str(),
               m["step_seconds"].get<double>(), m["step_time_ratio"].get<double>(),
               m["flop_ratio"].get<double>(), m["step_memory_mib"].get<double>(),
               m["step_memory_ratio"].get<double>(), m["generate_seconds"].get<double>(),
               m["generate_time_ratio"].get<double>());
+          if (m.contains("peak_memory_mib"))
+            std::printf("  peak %7.1f MiB (x%.2f)", m["peak_memory_mib"].get<double>(),
+                        m["peak_memory_ratio"].get<double>());
+          if (m.contains("mfu")) std::printf("  MFU %.1f%%", 100.0 * m["mfu"].get<double>());
+          std::printf("\n");
+        }
     }
+  if (!a.json && a.mfu)
+    std::printf("dense %s matmul peak on %s (%lld^3): %.1f TFLOP/s\n", a.dtype.c_str(),
+                device_name(device).c_str(), static_cast<long long>(a.matmul_size), peak_flops / 1e12);
   if (a.json) {
-    nlohmann::json summary = {
-        {"benchmark", "fusion"},
-        {"part", a.whole ? "whole step: frozen Whisper-base encoder (random weights) + "
-                           "trainable MLP projector + frozen decoder"
-                         : "LLM (audio features given; trainable MLP projector; frozen decoder)"},
-        {"torch_version", runtime_info().torch_version},
-        {"threads", threads},
-        {"batch", a.batch},
-        {"layers", a.layers},
-        {"width", a.width},
-        {"start_layer", a.start_layer},
-        {"answer_tokens", a.answer},
-        {"runs", runs}};
+    const std::vector<std::string> encoders = step_encoders(a);
+    std::string part = "LLM (audio features given; trainable MLP projector; frozen decoder)";
+    if (!a.encoders.empty())
+      part = "whole step: frozen encoders " + join(encoders) +
+             " (random weights) + trainable MLP projector + frozen decoder";
+    else if (a.whole)
+      part =
+          "whole step: frozen Whisper-base encoder (random weights) + trainable MLP projector + frozen "
+          "decoder";
+    nlohmann::json summary = {{"benchmark", "fusion"},
+                              {"part", part},
+                              {"torch_version", runtime_info().torch_version},
+                              {"threads", threads},
+                              {"batch", a.batch},
+                              {"layers", a.layers},
+                              {"width", a.width},
+                              {"start_layer", a.start_layer},
+                              {"answer_tokens", a.answer},
+                              {"runs", runs}};
+    if (extended(a)) {
+      const models::LlamaConfig c = bench_llm(a);
+      summary["layers"] = c.num_hidden_layers;
+      summary["width"] = c.hidden_size;
+      summary["llm"] = a.llm_preset.empty() ? "custom" : a.llm_preset;
+      summary["vocab"] = c.vocab_size;
+      summary["encoders"] = encoders;
+      summary["device"] = device.str();
+      summary["device_name"] = device_name(device);
+      summary["dtype"] = a.dtype;
+      summary["precision"] = dtype == at::kFloat ? "float32"
+                             : device.is_cuda()
+                                 ? "bf16 frozen weights, float32 projector, CUDA autocast bf16"
+                                 : "bf16 frozen weights, float32 projector (no autocast on CPU)";
+      summary["memory"] = device.is_cuda() ? "CUDA caching allocator, bytes held by tensors" : "process RSS";
+      if (a.mfu) {
+        summary["matmul_size"] = a.matmul_size;
+        summary["matmul_peak_tflops"] = peak_flops / 1e12;
+      }
+    }
     std::cout << summary.dump(2) << "\n";
   }
   return 0;

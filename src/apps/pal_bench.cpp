@@ -17,7 +17,10 @@
 //                                 clips unpadded and, for a like-for-like figure, padded to 30 s
 //   pal-bench infer [--json]      pal::Pipeline time to first token and tokens/s, probe vs prefix,
 //                                 and a loopback load test of pal-infer serve (bench_infer.cpp)
-//   pal-bench fusion [--json]     step time, memory and FLOPs per fusion mode (bench_fusion.cpp)
+//   pal-bench fusion [--json]     step time, memory and FLOPs per fusion mode (bench_fusion.cpp);
+//                                 --device cuda --dtype bfloat16 --llm-preset llama-3.2-1b
+//                                 --encoders whisper-base,ast-base --mfu: the GPU run of
+//                                 scripts/gpu/check.sh
 //   pal-bench train [--json]      training tokens/s of the C++ trainer (pal::train::Trainer,
 //                                 data loading included) beside an equivalent PyTorch loop
 //                                 (scripts/bench/train_reference.py), same model and batch
@@ -37,6 +40,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_device.h"
 #include "bench_fusion.h"
 #include "bench_infer.h"
 #include "bench_train.h"
@@ -180,6 +184,8 @@ struct GenerateArgs {
   int64_t new_tokens = 128;
   int repeats = 3;
   std::string dtype = "float32";
+  std::string device = "cpu";  // cpu, cuda, cuda:N
+  std::string llm_preset;  // random weights of these shapes (bench_device.h) instead of --model; no reference
   bool json = false;
   bool reference = true;
   std::string python = std::filesystem::exists(PAL_SOURCE_DIR "/build/pip/venv/bin/python") ? PAL_SOURCE_DIR
@@ -195,11 +201,15 @@ int bench_generate(const GenerateArgs& a) {
   const int threads = a.threads > 0 ? a.threads : pal::available_cores();
   pal::configure_threads({threads, 0});
   const at::ScalarType dtype = a.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  const c10::Device device = pal::bench::parse_device(a.device);
+  const bool random_weights = !a.llm_preset.empty();
   std::string batches;
   for (int64_t b : a.batches) batches += (batches.empty() ? "" : ",") + std::to_string(b);
 
   nlohmann::json reference;
-  if (a.reference) {
+  if (random_weights) {
+    reference = "none: random weights of --llm-preset " + a.llm_preset;
+  } else if (a.reference) {
     // The reference runs first: it also writes the random weights when the folder is new.
     char cmd[4096];
     std::snprintf(cmd, sizeof cmd,
@@ -214,11 +224,20 @@ int bench_generate(const GenerateArgs& a) {
       reference = "unavailable: '" + a.python + " " + a.reference_script +
                   "' failed (needs python3 with torch and transformers)";
   }
-  if (!std::filesystem::exists(std::filesystem::path(a.model) / "config.json"))
-    throw pal::IoError(a.model +
-                       ": no config.json; run with the Python reference once (it writes the weights) "
-                       "or pass --model with an HF Llama folder");
-  pal::models::LlamaForCausalLM model = pal::models::load_llama(a.model, dtype);
+  pal::models::LlamaForCausalLM model{nullptr};
+  if (random_weights) {
+    at::manual_seed(0);
+    model = pal::models::LlamaForCausalLM(pal::bench::llm_preset(a.llm_preset));
+    model->to(dtype);
+    model->eval();
+  } else {
+    if (!std::filesystem::exists(std::filesystem::path(a.model) / "config.json"))
+      throw pal::IoError(a.model +
+                         ": no config.json; run with the Python reference once (it writes the weights) "
+                         "or pass --model with an HF Llama folder");
+    model = pal::models::load_llama(a.model, dtype);
+  }
+  model->to(device);
   int64_t parameters = 0;
   for (const auto& p : model->parameters()) parameters += p.numel();
 
@@ -239,12 +258,14 @@ int bench_generate(const GenerateArgs& a) {
       return true;
     };
     pal::models::generate(model, prompts, options);  // warm-up
+    pal::bench::synchronize(device);
+    pal::bench::reset_peak_memory(device);
     std::vector<double> seconds;
     for (int r = 0; r < a.repeats; ++r) {
       produced = 0;
       const auto start = Clock::now();
       auto out = pal::models::generate(model, prompts, options, on_token);
-      seconds.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+      seconds.push_back(pal::bench::seconds_since(start, device));
       if (static_cast<int64_t>(out.tokens[0].size()) != a.new_tokens)
         throw pal::GenerationError("benchmark run ended early");
     }
@@ -255,6 +276,7 @@ int bench_generate(const GenerateArgs& a) {
                         {"seconds", median},
                         {"rss_mib_after_first_token", rss_first},
                         {"rss_mib_after_last_token", rss_last}};
+    if (device.is_cuda()) r["device_peak_mib"] = pal::bench::memory_peak_mib(device);
     if (reference.is_object())
       for (const auto& ref : reference["results"])
         if (ref["batch"] == batch) {
@@ -274,14 +296,19 @@ int bench_generate(const GenerateArgs& a) {
                             {"peak_rss_mib", peak_resident_mib()},
                             {"results", results},
                             {"reference", reference}};
+  if (device.is_cuda() || random_weights) {
+    summary["device"] = device.str();
+    summary["device_name"] = pal::bench::device_name(device);
+    summary["llm"] = random_weights ? a.llm_preset : a.model;
+  }
   if (a.json) {
     std::cout << summary.dump(2) << "\n";
     return 0;
   }
   std::printf(
-      "greedy generation, %lld new tokens after %lld prompt tokens, %s, %d threads, %.0fM parameters\n",
-      static_cast<long long>(a.new_tokens), static_cast<long long>(a.prompt_length), a.dtype.c_str(), threads,
-      static_cast<double>(parameters) / 1e6);
+      "greedy generation, %lld new tokens after %lld prompt tokens, %s, %s, %d threads, %.0fM parameters\n",
+      static_cast<long long>(a.new_tokens), static_cast<long long>(a.prompt_length), a.dtype.c_str(),
+      pal::bench::device_name(device).c_str(), threads, static_cast<double>(parameters) / 1e6);
   std::printf("%-6s %12s %14s %8s %22s\n", "batch", "PAL tok/s", "transformers", "ratio",
               "RSS first/last (MiB)");
   for (const auto& r : results) {
@@ -455,6 +482,11 @@ int main(int argc, char** argv) {
   generate->add_option("--repeats", g.repeats, "timed runs (the median counts)")->check(CLI::PositiveNumber);
   generate->add_option("--dtype", g.dtype, "weights and activations")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
+  generate->add_option("--device", g.device, "cpu, cuda or cuda:N");
+  generate
+      ->add_option("--llm-preset", g.llm_preset,
+                   "random weights of these shapes instead of --model (no reference)")
+      ->check(CLI::IsMember({"llama-3.2-1b", "tiny"}));
   generate->add_flag("--json", g.json, "print one JSON object");
   generate->add_flag("!--no-reference", g.reference, "skip the Python reference");
   generate->add_option("--python", g.python, "Python with torch and transformers for the reference");
@@ -490,6 +522,20 @@ int main(int argc, char** argv) {
   fusion->add_flag("--json", fu.json, "print one JSON object");
   fusion->add_flag("--whole", fu.whole,
                    "the whole step: a frozen Whisper-base encoder computes the audio frames");
+  fusion
+      ->add_option("--encoders", fu.encoders,
+                   "frozen encoders that compute the audio frames in the step (several: concatenated "
+                   "along channels)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"whisper-base", "ast-base", "whisper-test", "ast-test"}));
+  fusion->add_option("--device", fu.device, "cpu, cuda or cuda:N");
+  fusion->add_option("--dtype", fu.dtype, "bfloat16: bf16 frozen weights, float32 projector, CUDA autocast")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  fusion->add_option("--llm-preset", fu.llm_preset, "decoder shapes by name instead of --layers / --width")
+      ->check(CLI::IsMember({"llama-3.2-1b", "tiny"}));
+  fusion->add_flag("--mfu", fu.mfu, "measure the dense matmul peak of --dtype here and report MFU per mode");
+  fusion->add_option("--matmul-size", fu.matmul_size, "n of the n^3 matmuls of --mfu")
+      ->check(CLI::PositiveNumber);
   std::string single;
   fusion->add_option("--single", single, "run one mode in this process (internal)")
       ->check(CLI::IsMember({"prefix", "delayed", "probe", "pal"}));

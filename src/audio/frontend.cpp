@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,6 +15,11 @@
 
 namespace pal::audio {
 namespace {
+
+// Features are float32 whatever the caller's autocast: inside a training step under CUDA
+// AMP, the mel matmul would otherwise run in fp16 (power spectra of loud clips overflow
+// it) and the features would come out in the autocast dtype.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 
 // ---- mel filter banks (computed in double, stored as float32) ------------------------------
 
@@ -215,6 +222,7 @@ Features WhisperMelFrontend::operator()(const at::Tensor& waveform) const {
 }
 
 Features WhisperMelFrontend::operator()(const at::Tensor& waveforms, const at::Tensor& lengths) const {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   return window_.device().is_cpu() ? forward_cpu(waveforms, lengths) : forward_generic(waveforms, lengths);
 }
 
@@ -277,6 +285,7 @@ Features WhisperMelFrontend::forward_cpu(const at::Tensor& waveforms, const at::
 }
 
 Features WhisperMelFrontend::forward_generic(const at::Tensor& waveforms, const at::Tensor& lengths) const {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const c10::Device device = window_.device();
   Batch in = check_batch("whisper_mel", waveforms, lengths, device);
   const int64_t batch = in.waveforms.size(0);
@@ -378,6 +387,7 @@ Features KaldiFbankFrontend::operator()(const at::Tensor& waveform) const {
 }
 
 Features KaldiFbankFrontend::operator()(const at::Tensor& waveforms, const at::Tensor& lengths) const {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   return window_.device().is_cpu() ? forward_cpu(waveforms, lengths) : forward_generic(waveforms, lengths);
 }
 
@@ -447,6 +457,7 @@ Features KaldiFbankFrontend::finish(at::Tensor out, std::vector<int64_t> valid) 
 }
 
 Features KaldiFbankFrontend::forward_generic(const at::Tensor& waveforms, const at::Tensor& lengths) const {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const c10::Device device = window_.device();
   Batch in = check_batch("kaldi_fbank", waveforms, lengths, device);
   const int64_t batch = in.waveforms.size(0);
