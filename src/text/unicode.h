@@ -2,6 +2,7 @@
 // pre-tokenizer patterns, and NFC. Tables: unicode_tables.inc (scripts/make_unicode_tables.py).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
