@@ -214,8 +214,11 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTa
   scores = scores + grouped_mask.to(scores.scalar_type());
   out = torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type()), v);
 #endif
-  // [B, kv_heads, groups * T, D] -> [B, heads, T, D] -> [B, T, heads * D]
-  out = out.view({batch, heads_, length, head_dim_});
+  // [B, kv_heads, groups * T, D] -> [B, heads, T, D] -> [B, T, heads * D]. reshape, not
+  // view: CUDA's fused kernels return a transposed layout ([B, T', H, D] in memory), which
+  // cannot be viewed with the group dimension split off (a copy then; on the CPU the output
+  // is contiguous and this stays a view).
+  out = out.reshape({batch, heads_, length, head_dim_});
   return o_proj(out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_}));
 }
 

@@ -457,7 +457,8 @@ TEST(CudaFusion, EveryModeMatchesTheCpuForwardAndBackward) {
     for (auto& p : model->parameters()) p.set_requires_grad(false);
     auto run = [&](c10::Device d) {
       model->to(d);
-      torch::Tensor audio = tokens.to(d).set_requires_grad(true);
+      // A fresh leaf on each device (the CPU run leaves `tokens` itself requiring grad).
+      torch::Tensor audio = tokens.detach().to(d).clone().set_requires_grad(true);
       models::EnsembleOutput in;
       in.probe = {audio, mask.to(d)};
       if (mode == models::FusionMode::pal) in.prefix = {audio.narrow(1, 0, 1), mask.to(d).narrow(1, 0, 1)};
