@@ -9,12 +9,6 @@
 namespace pal::infer {
 namespace {
 
-GenerationOptions tokens(int64_t n) {
-  GenerationOptions g;
-  g.max_new_tokens = n;
-  return g;
-}
-
 Pipeline load() {
   PipelineOptions o;
   o.threads = 2;
@@ -29,7 +23,7 @@ TEST(AnswerQueue, ConcurrentQuestionsAreBatchedAndAnsweredAsAlone) {
                                         pipeline.encode(test::write_clip(dir / "b.wav", 3.0, 900))};
   std::vector<Answer> alone;
   for (size_t i = 0; i < 6; ++i)
-    alone.push_back(pipeline.ask(clips[i % 3], "Question " + std::to_string(i), tokens(3 + i)));
+    alone.push_back(pipeline.ask(clips[i % 3], "Question " + std::to_string(i), test::max_tokens(3 + i)));
 
   AnswerQueueOptions o;
   o.max_batch = 4;
@@ -41,7 +35,7 @@ TEST(AnswerQueue, ConcurrentQuestionsAreBatchedAndAnsweredAsAlone) {
   for (size_t i = 0; i < 6; ++i)
     threads.emplace_back([&, i] {
       Pipeline::Question q{clips[i % 3], "Question " + std::to_string(i), {}, 0};
-      futures[i] = queue.submit(q, tokens(3 + i), [&, i](const TokenEvent& e) {
+      futures[i] = queue.submit(q, test::max_tokens(3 + i), [&, i](const TokenEvent& e) {
         streamed[i] += e.text;
         return true;
       });
@@ -66,17 +60,17 @@ TEST(AnswerQueue, DifferentSamplingRunsApartAndAFailureStaysAlone) {
   AnswerQueueOptions o;
   o.max_wait = std::chrono::milliseconds(100);
   AnswerQueue queue(pipeline, o);
-  GenerationOptions sampled = tokens(4);
+  GenerationOptions sampled = test::max_tokens(4);
   sampled.sample = true;
   sampled.seed = 3;
   // A minute of audio overflows the model's 1024 positions (1200 probe tokens placed
   // before the text): that question fails, batched with one that does not.
   test::TempDir dir;
   Pipeline::Audio minute = pipeline.encode(test::write_clip(dir / "minute.wav", 60));
-  auto greedy = queue.submit({clip, "What is it?", {}, 0}, tokens(4));
+  auto greedy = queue.submit({clip, "What is it?", {}, 0}, test::max_tokens(4));
   auto sample = queue.submit({clip, "What is it?", {}, 0}, sampled);
-  auto fail = queue.submit({minute, "What is it?", {}, 0}, tokens(4));
-  EXPECT_EQ(greedy.get().tokens, pipeline.ask(clip, "What is it?", tokens(4)).tokens);
+  auto fail = queue.submit({minute, "What is it?", {}, 0}, test::max_tokens(4));
+  EXPECT_EQ(greedy.get().tokens, pipeline.ask(clip, "What is it?", test::max_tokens(4)).tokens);
   EXPECT_EQ(sample.get().tokens, pipeline.ask(clip, "What is it?", sampled).tokens);
   EXPECT_THROW(fail.get(), GenerationError);
   EXPECT_GE(queue.stats().batches, 2);
@@ -95,7 +89,7 @@ TEST(AnswerQueue, RefusesBeyondItsBound) {
   std::shared_future<void> released = release.get_future().share();
   std::promise<void> started;
   bool first = true;
-  auto busy = queue.submit({clip, "Hold on.", {}, 0}, tokens(2), [&](const TokenEvent&) {
+  auto busy = queue.submit({clip, "Hold on.", {}, 0}, test::max_tokens(2), [&](const TokenEvent&) {
     if (first) {
       first = false;
       started.set_value();
@@ -104,9 +98,9 @@ TEST(AnswerQueue, RefusesBeyondItsBound) {
     return true;
   });
   started.get_future().wait();
-  auto a = queue.submit({clip, "One.", {}, 0}, tokens(2));
-  auto b = queue.submit({clip, "Two.", {}, 0}, tokens(2));
-  EXPECT_THROW(queue.submit({clip, "Three.", {}, 0}, tokens(2)), QueueFullError);
+  auto a = queue.submit({clip, "One.", {}, 0}, test::max_tokens(2));
+  auto b = queue.submit({clip, "Two.", {}, 0}, test::max_tokens(2));
+  EXPECT_THROW(queue.submit({clip, "Three.", {}, 0}, test::max_tokens(2)), QueueFullError);
   release.set_value();
   EXPECT_FALSE(busy.get().tokens.empty());
   EXPECT_FALSE(a.get().tokens.empty());

@@ -12,6 +12,7 @@
 
 #include "../audio/audio_test_util.h"
 #include "pal/core/config.h"
+#include "pal/models/generation.h"
 #include "pal/models/pal_checkpoint.h"
 #include "test_util.h"
 
@@ -69,6 +70,13 @@ inline std::filesystem::path write_clip(const std::filesystem::path& file, doubl
 
 inline std::filesystem::path speech_clip() {
   return fixtures() / "audio" / "clips" / "speech_8k_mono.wav";
+}
+
+// Generation options that stop after `n` new tokens.
+inline models::GenerationOptions max_tokens(int64_t n) {
+  models::GenerationOptions g;
+  g.max_new_tokens = n;
+  return g;
 }
 
 }  // namespace pal::test

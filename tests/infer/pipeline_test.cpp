@@ -15,12 +15,6 @@
 namespace pal {
 namespace {
 
-GenerationOptions tokens(int64_t n) {
-  GenerationOptions g;
-  g.max_new_tokens = n;
-  return g;
-}
-
 PipelineOptions two_threads() {
   PipelineOptions o;
   o.threads = 2;
@@ -35,7 +29,7 @@ TEST(Pipeline, AnswersAQuestionAboutARealClip) {
       << pipeline.describe();
   EXPECT_NE(pipeline.describe().find("llama3 prompts, cpu float32"), std::string::npos)
       << pipeline.describe();
-  Answer a = pipeline.ask(test::speech_clip(), "What is said?", tokens(8));
+  Answer a = pipeline.ask(test::speech_clip(), "What is said?", test::max_tokens(8));
   EXPECT_GE(a.tokens.size(), 1u);
   EXPECT_LE(a.tokens.size(), 8u);
   EXPECT_EQ(a.text, pipeline.tokenizer().decode(a.tokens, true));
@@ -45,7 +39,7 @@ TEST(Pipeline, AnswersAQuestionAboutARealClip) {
   EXPECT_LE(a.first_token_seconds, a.seconds);
   // Greedy: the same answer from a second pipeline on the same folder.
   Pipeline again = Pipeline::load(test::tiny_model(), two_threads());
-  EXPECT_EQ(again.ask(test::speech_clip(), "What is said?", tokens(8)).tokens, a.tokens);
+  EXPECT_EQ(again.ask(test::speech_clip(), "What is said?", test::max_tokens(8)).tokens, a.tokens);
 }
 
 TEST(Pipeline, AudioIsEncodedOnceForManyQuestions) {
@@ -56,12 +50,12 @@ TEST(Pipeline, AudioIsEncodedOnceForManyQuestions) {
   EXPECT_NEAR(clip.seconds(), seconds, 0.01);
   // Two routes' worth: 10 frames/s from each encoder plus the two summary tokens.
   EXPECT_NEAR(static_cast<double>(clip.token_count()), 2 * 10 * seconds + 2, 4);
-  Answer first = pipeline.ask(clip, "What is said?", tokens(6));
-  Answer second = pipeline.ask(clip, "Who speaks?", tokens(6));
+  Answer first = pipeline.ask(clip, "What is said?", test::max_tokens(6));
+  Answer second = pipeline.ask(clip, "Who speaks?", test::max_tokens(6));
   EXPECT_EQ(pipeline.stats().clips_encoded, 1);
   EXPECT_EQ(pipeline.stats().answers, 2);
   // The same file again comes from the cache, and answers as the handle does.
-  EXPECT_EQ(pipeline.ask(test::speech_clip(), "What is said?", tokens(6)).tokens, first.tokens);
+  EXPECT_EQ(pipeline.ask(test::speech_clip(), "What is said?", test::max_tokens(6)).tokens, first.tokens);
   EXPECT_EQ(pipeline.stats().clips_encoded, 1);
   EXPECT_EQ(pipeline.stats().cache_hits, 1);
   // A changed file is encoded again.
@@ -76,7 +70,7 @@ TEST(Pipeline, AudioIsEncodedOnceForManyQuestions) {
   // Bytes in memory: cached by content.
   const std::string bytes = read_file(test::speech_clip());
   Pipeline::Audio from_bytes = pipeline.encode_bytes(bytes, "upload");
-  EXPECT_EQ(pipeline.ask(from_bytes, "What is said?", tokens(6)).tokens, first.tokens);
+  EXPECT_EQ(pipeline.ask(from_bytes, "What is said?", test::max_tokens(6)).tokens, first.tokens);
   pipeline.encode_bytes(bytes, "upload again");
   EXPECT_EQ(pipeline.stats().clips_encoded, 4);
 }
@@ -91,11 +85,11 @@ TEST(Pipeline, BatchedAnswersEqualSingleOnes) {
                                                {b, "What is this sound?", {}, 0},
                                                {a, "Is it a person?", {}, 3},
                                                {{}, "Say something.", {}, 0}};
-  std::vector<Answer> batch = pipeline.ask_batch(questions, tokens(7));
+  std::vector<Answer> batch = pipeline.ask_batch(questions, test::max_tokens(7));
   ASSERT_EQ(batch.size(), 4u);
   for (size_t i = 0; i < questions.size(); ++i) {
     SCOPED_TRACE(i);
-    GenerationOptions g = tokens(questions[i].max_new_tokens ? questions[i].max_new_tokens : 7);
+    GenerationOptions g = test::max_tokens(questions[i].max_new_tokens ? questions[i].max_new_tokens : 7);
     Answer single = pipeline.ask(questions[i].audio, questions[i].question, g);
     EXPECT_EQ(batch[i].tokens, single.tokens);
     EXPECT_EQ(batch[i].text, single.text);
@@ -113,7 +107,7 @@ TEST(Pipeline, StreamingEventsConcatenateToTheAnswer) {
   Pipeline::Audio clip = pipeline.encode(test::speech_clip());
   std::string streamed;
   int events = 0;
-  Answer a = pipeline.ask(clip, "Describe the audio.", tokens(12), [&](const TokenEvent& e) {
+  Answer a = pipeline.ask(clip, "Describe the audio.", test::max_tokens(12), [&](const TokenEvent& e) {
     EXPECT_EQ(e.index, 0u);
     streamed += e.text;
     ++events;
@@ -123,7 +117,7 @@ TEST(Pipeline, StreamingEventsConcatenateToTheAnswer) {
   EXPECT_GE(events, static_cast<int>(a.tokens.size()));
   // Returning false ends the answer there.
   int seen = 0;
-  Answer stopped = pipeline.ask(clip, "Describe the audio.", tokens(12),
+  Answer stopped = pipeline.ask(clip, "Describe the audio.", test::max_tokens(12),
                                 [&](const TokenEvent& e) { return e.token < 0 || ++seen < 2; });
   if (a.tokens.size() > 2) {
     EXPECT_EQ(stopped.tokens.size(), 2u);
@@ -135,7 +129,7 @@ TEST(Pipeline, StreamingEventsConcatenateToTheAnswer) {
 TEST(Pipeline, SamplingIsSeeded) {
   Pipeline pipeline = Pipeline::load(test::tiny_model(), two_threads());
   Pipeline::Audio clip = pipeline.encode(test::speech_clip());
-  GenerationOptions g = tokens(10);
+  GenerationOptions g = test::max_tokens(10);
   g.sample = true;
   g.temperature = 1.5;
   g.seed = 7;
@@ -153,19 +147,19 @@ TEST(Pipeline, SystemMessageChangesThePrompt) {
   Pipeline::Audio clip = pipeline.encode(test::speech_clip());
   Pipeline::Question plain{clip, "What is it?", {}, 0};
   Pipeline::Question system{clip, "What is it?", std::string("Answer in one word, always."), 0};
-  std::vector<Answer> out = pipeline.ask_batch({plain, system}, tokens(4));
+  std::vector<Answer> out = pipeline.ask_batch({plain, system}, test::max_tokens(4));
   EXPECT_GT(out[1].prompt_tokens, out[0].prompt_tokens + 5);
 }
 
 TEST(Pipeline, ConcurrentCallersAreSerialised) {
   Pipeline pipeline = Pipeline::load(test::tiny_model(), two_threads());
   Pipeline::Audio clip = pipeline.encode(test::speech_clip());
-  const std::vector<int64_t> expected = pipeline.ask(clip, "What is it?", tokens(5)).tokens;
+  const std::vector<int64_t> expected = pipeline.ask(clip, "What is it?", test::max_tokens(5)).tokens;
   std::vector<std::vector<int64_t>> got(4);
   std::vector<std::thread> threads;
   for (size_t i = 0; i < got.size(); ++i)
     threads.emplace_back(
-        [&, i] { got[i] = pipeline.ask(test::speech_clip(), "What is it?", tokens(5)).tokens; });
+        [&, i] { got[i] = pipeline.ask(test::speech_clip(), "What is it?", test::max_tokens(5)).tokens; });
   for (auto& t : threads) t.join();
   for (const auto& g : got) EXPECT_EQ(g, expected);
 }
