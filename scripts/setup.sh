@@ -9,6 +9,7 @@
 #   scripts/setup.sh --sanitize          ASan + UBSan build in build/sanitize (Debian flavour)
 #   scripts/setup.sh --no-build          install the packages only
 #   scripts/setup.sh --print-build-dir   print the build folder these flags select, do nothing
+#   scripts/setup.sh --targets "pal-train pal-infer"   build only these targets (default: all)
 #
 # Environment: PAL_TORCH_PIP_VERSION (default 2.11.0; the newest wheel is used if that
 # version is not served), PAL_JOBS (parallel compile jobs, default: cores).
@@ -19,6 +20,7 @@ torch=debian
 sanitize=0
 build=1
 print_dir=0
+targets=
 build_type=Release
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,7 +30,9 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --debug) build_type=Debug; shift ;;
     --print-build-dir) print_dir=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --targets) targets=${2?--targets needs a list of target names}; shift 2 ;;
+    --targets=*) targets=${1#--targets=}; shift ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +52,7 @@ log() { echo "setup.sh: $*" >&2; }
 packages=(
   g++ cmake ninja-build ccache pkg-config git ca-certificates
   libtorch-dev libopenblas0-pthread    # LibTorch 1.13 (CPU); OpenBLAS: ~25x faster matmul than reference BLAS
+  libgloo-dev                          # gloo's headers: the Gloo process group of multi-process CPU training
   libprotobuf-dev libsentencepiece-dev # tokenizers (protobuf must be linked before sentencepiece)
   libsndfile1-dev libsoxr-dev          # audio decoding and resampling
   libyaml-cpp-dev libspdlog-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
@@ -110,6 +115,8 @@ log "configuring $build_dir"
 mkdir -p "$(dirname "$build_dir")"
 cmake -S "$root" -B "$build_dir" "${cmake_args[@]}" >"$build_dir.configure.log" 2>&1 ||
   { cat "$build_dir.configure.log" >&2; log "configure failed"; exit 1; }
-log "building with $jobs jobs"
-cmake --build "$build_dir" -j "$jobs"
+log "building ${targets:-everything} with $jobs jobs"
+target_args=()
+for t in $targets; do target_args+=(--target "$t"); done
+cmake --build "$build_dir" -j "$jobs" "${target_args[@]}"
 log "done: tools in $build_dir (pal-info), tests: scripts/test.sh"

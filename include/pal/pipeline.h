@@ -8,6 +8,7 @@
 //
 //   pal::Pipeline::Audio clip = pipeline.encode("meeting.flac");  // encoded once, any length
 //   for (const std::string& q : questions) pipeline.ask(clip, q);  // reused by every question
+//   std::vector<double> ll = pipeline.score(clip, "Which digit?", {"one", "two"});  // log p(answer)
 //
 //   pal::GenerationOptions sampling;                                 // pal/models/generation.h
 //   sampling.sample = true, sampling.temperature = 0.7, sampling.seed = 1;
@@ -147,6 +148,17 @@ class Pipeline {
   // for the batch, so sampled answers depend on the batch's composition.
   std::vector<Answer> ask_batch(const std::vector<Question>& questions, const GenerationOptions& options = {},
                                 const TokenCallback& on_token = {});
+
+  // Teacher-forced log-likelihood of each candidate answer to `question` about `audio`
+  // (empty: no audio): the sum over the answer's tokens, its end-of-turn (or EOS) token
+  // included, of log p(token | audio, prompt, the answer's earlier tokens), natural log,
+  // with the prompt and answer built as in training (PromptBuilder::example). Not
+  // length-normalised. The audio is encoded once (the handle); the candidates run as
+  // batched forwards of up to `batch_size` (0: all at once). Greedy decoding prefers the
+  // answer that is locally most likely, so the highest-scoring candidate need not be the
+  // one ask() writes. Throws GenerationError for an empty question or candidate.
+  std::vector<double> score(const Audio& audio, const std::string& question,
+                            const std::vector<std::string>& candidates, int64_t batch_size = 0);
 
   PipelineStats stats() const;
   // "probe fusion, encoders whisper + ast, 4-layer LLM, llama3 prompts, cpu float32"

@@ -24,6 +24,9 @@
 //   pal-bench train [--json]      training tokens/s of the C++ trainer (pal::train::Trainer,
 //                                 data loading included) beside an equivalent PyTorch loop
 //                                 (scripts/bench/train_reference.py), same model and batch
+//   pal-bench ddp [--json]        data-parallel training tokens/s with 1 and 2 processes
+//                                 (Gloo on the CPU) and the gradient all-reduce's share of
+//                                 the step (bench_ddp.cpp)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -43,6 +46,7 @@
 #include "bench_device.h"
 #include "bench_fusion.h"
 #include "bench_infer.h"
+#include "bench_ddp.h"
 #include "bench_train.h"
 #include "pal/audio/decode.h"
 #include "pal/audio/frontend.h"
@@ -552,6 +556,18 @@ int main(int argc, char** argv) {
   train->add_flag("--json", tr.json, "print one JSON object");
   train->add_flag("!--no-reference", tr.reference, "skip the Python reference");
   train->add_option("--python", tr.python, "Python with torch and transformers for the reference");
+  pal::bench::DdpBenchArgs dd;
+  auto* ddp = app.add_subcommand("ddp", "data-parallel training tokens/s with 1 and N processes, all-reduce share");
+  ddp->add_option("--processes", dd.processes, "ranks of the multi-process run")->check(CLI::Range(2, 64));
+  ddp->add_option("--batch", dd.batch, "examples per rank and step")->check(CLI::PositiveNumber);
+  ddp->add_option("--steps", dd.steps, "timed steps (the median counts)")->check(CLI::PositiveNumber);
+  ddp->add_option("--hidden", dd.hidden, "LLM width (a multiple of 64)")->check(CLI::PositiveNumber);
+  ddp->add_option("--layers", dd.layers, "LLM layers")->check(CLI::PositiveNumber);
+  ddp->add_option("--device", dd.device, "cpu (Gloo) or cuda (NCCL, cuda:LOCAL_RANK per rank)");
+  ddp->add_option("--folder", dd.folder, "model config, stage and runs (rewritten)");
+  ddp->add_flag("--json", dd.json, "print one JSON object");
+  ddp->add_flag("--worker", dd.worker, "run one rank (internal)");
+  ddp->add_option("--threads", dd.threads, "intra-op threads of a --worker (internal)");
   pal::bench::InferBenchArgs inf;
   auto* infer = pal::bench::add_infer_command(app, inf);
   try {
@@ -566,6 +582,7 @@ int main(int argc, char** argv) {
     if (*encoders) return bench_encoders(e);
     if (*infer) return pal::bench::bench_infer(inf);
     if (*train) return pal::bench::bench_train(tr);
+    if (*ddp) return pal::bench::bench_ddp(dd, std::filesystem::read_symlink("/proc/self/exe").string());
     if (*fusion) {
       if (!single.empty()) {
         fu.single_run = true;

@@ -5,11 +5,18 @@
 //
 // A run resumes from its output_dir's newest checkpoint; finished stages are skipped.
 // SIGINT / SIGTERM write a checkpoint and stop (a second signal stops at once).
+//
+// Several processes (data parallel; README, "Multi-process training"):
+//   torchrun --no-python --nproc-per-node 2 pal-train --config stage.yaml
+//   scripts/launch_local.sh 2 pal-train --config stage.yaml      (no torchrun at hand)
+// Each rank reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (or Slurm's
+// SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID); only rank 0 logs at info level and writes.
 // Exit codes: 0 finished (or stopped by --stop-after), 1 training failed (data, NaN loss,
 // I/O), 2 bad usage or config, 130 / 143 stopped by SIGINT / SIGTERM with a checkpoint saved.
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
+#include <string>
 
 #include "pal/core/config.h"
 #include "pal/core/error.h"
@@ -46,8 +53,16 @@ int main(int argc, char** argv) {
   options.progress_bar = !no_progress;
   // A file-size limit (ulimit -f) shows as a write error, not a kill.
   std::signal(SIGXFSZ, SIG_IGN);
+  std::string rank_label;  // " (rank 1/2)" in multi-process runs
   try {
     pal::set_log_level(pal::parse_log_level(log_level));
+    if (const auto env = pal::train::DistributedEnv::from_environment(); env && env->world_size > 1) {
+      rank_label = " (rank " + std::to_string(env->rank) + "/" + std::to_string(env->world_size) + ")";
+      options.process_group = std::make_shared<pal::train::ProcessGroup>(*env);
+      // One log, rank 0's: the others say only warnings and errors.
+      if (env->rank != 0 && pal::parse_log_level(log_level) < pal::LogLevel::warn)
+        pal::set_log_level(pal::LogLevel::warn);
+    }
     if (print_config) {
       if (!curriculum_file.empty()) throw pal::ConfigError("--print-config works with --config");
       std::fputs(pal::config::to_yaml(pal::train::load_stage_config(config_file, overrides)).c_str(), stdout);
@@ -61,13 +76,13 @@ int main(int argc, char** argv) {
     if (result.interrupted && pal::train::stop_signal() != 0) return 128 + pal::train::stop_signal();
     return 0;
   } catch (const pal::ConfigError& e) {
-    std::fprintf(stderr, "pal-train: config error: %s\n", e.what());
+    std::fprintf(stderr, "pal-train%s: config error: %s\n", rank_label.c_str(), e.what());
     return 2;
   } catch (const pal::Error& e) {
-    std::fprintf(stderr, "pal-train: error: %s\n", e.what());
+    std::fprintf(stderr, "pal-train%s: error: %s\n", rank_label.c_str(), e.what());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "pal-train: error: %s\n", e.what());
+    std::fprintf(stderr, "pal-train%s: error: %s\n", rank_label.c_str(), e.what());
     return 1;
   }
 }

@@ -304,6 +304,72 @@ std::vector<Answer> Pipeline::ask_batch(const std::vector<Question>& questions,
   return answers;
 }
 
+std::vector<double> Pipeline::score(const Audio& audio, const std::string& question,
+                                    const std::vector<std::string>& candidates, int64_t batch_size) {
+  if (blank(question)) throw GenerationError("the question is empty; ask something about the clip");
+  if (batch_size < 0)
+    throw GenerationError("score: batch_size must be >= 0, got " + std::to_string(batch_size));
+  for (size_t i = 0; i < candidates.size(); ++i)
+    if (candidates[i].empty()) throw GenerationError("score: candidate " + std::to_string(i) + " is empty");
+  std::vector<double> scores(candidates.size(), 0.0);
+  if (candidates.empty()) return scores;
+  State& s = *state_;
+  std::lock_guard<std::mutex> lock(s.model_mutex);
+  c10::InferenceMode inference;
+  const text::PromptBuilder& builder = *s.model->prompts();
+  const bool with_audio = !audio.empty();
+  const auto device = s.options.device;
+  const size_t chunk = batch_size > 0 ? static_cast<size_t>(batch_size) : candidates.size();
+  for (size_t from = 0; from < candidates.size(); from += chunk) {
+    const size_t n = std::min(chunk, candidates.size() - from);
+    std::vector<text::PromptBuilder::Example> examples;
+    size_t longest = 0;
+    for (size_t i = 0; i < n; ++i) {
+      examples.push_back(builder.example(question, candidates[from + i], with_audio));
+      longest = std::max(longest, examples.back().ids.size());
+    }
+    // Right-padded [n, longest] ids, valid and labels (the answer's tokens).
+    const int64_t rows = static_cast<int64_t>(n), columns = static_cast<int64_t>(longest);
+    torch::Tensor ids = torch::zeros({rows, columns}, torch::kInt64);
+    torch::Tensor valid = torch::zeros({rows, columns}, torch::kBool);
+    torch::Tensor labels = torch::zeros({rows, columns}, torch::kBool);
+    auto ids_a = ids.accessor<int64_t, 2>();
+    auto valid_a = valid.accessor<bool, 2>();
+    auto labels_a = labels.accessor<bool, 2>();
+    std::vector<int64_t> targets, owner;  // in the forward's order of label rows: by example, then position
+    for (size_t b = 0; b < n; ++b)
+      for (size_t t = 0; t < examples[b].ids.size(); ++t) {
+        ids_a[static_cast<int64_t>(b)][static_cast<int64_t>(t)] = examples[b].ids[t];
+        valid_a[static_cast<int64_t>(b)][static_cast<int64_t>(t)] = true;
+        if (!examples[b].is_answer[t]) continue;
+        labels_a[static_cast<int64_t>(b)][static_cast<int64_t>(t)] = true;
+        targets.push_back(examples[b].ids[t]);
+        owner.push_back(static_cast<int64_t>(b));
+      }
+    models::EnsembleOutput batch_audio;
+    if (with_audio) {
+      const models::EnsembleOutput& tokens = audio.encoded().tokens;
+      if (!tokens.prefix.empty())
+        batch_audio.prefix = stack_route(std::vector<const models::AudioTokens*>(n, &tokens.prefix));
+      if (!tokens.probe.empty())
+        batch_audio.probe = stack_route(std::vector<const models::AudioTokens*>(n, &tokens.probe));
+    }
+    models::FusionOutput out =
+        s.model->decoder->forward(ids.to(device), valid.to(device), batch_audio, labels.to(device));
+    // With labels, forward's logits are the rows that predict the label tokens, in order.
+    if (out.logits.size(0) != static_cast<int64_t>(targets.size()))
+      throw ModelError("score: the forward predicted " + std::to_string(out.logits.size(0)) +
+                       " answer tokens, expected " + std::to_string(targets.size()));
+    torch::Tensor log_probs = torch::log_softmax(out.logits.to(torch::kFloat64), -1)
+                                  .gather(1, torch::tensor(targets).to(device).unsqueeze(1))
+                                  .squeeze(1)
+                                  .to(torch::kCPU);
+    torch::Tensor sums = torch::zeros({rows}, torch::kFloat64).index_add_(0, torch::tensor(owner), log_probs);
+    for (size_t b = 0; b < n; ++b) scores[from + b] = sums[static_cast<int64_t>(b)].item<double>();
+  }
+  return scores;
+}
+
 std::vector<Answer> Pipeline::State::generate(const std::vector<Question>& questions,
                                               const GenerationOptions& options, const TokenCallback& on_token,
                                               const std::vector<size_t>& index) {

@@ -9,6 +9,7 @@
 #include "hf_checkpoint.h"
 #include "pal/audio/decode.h"
 #include "pal/core/error.h"
+#include "pal/nn/functional.h"
 
 namespace pal::models {
 
@@ -165,7 +166,7 @@ AstLayerImpl::AstLayerImpl(const AstEncoderConfig& c) {
 
 torch::Tensor AstLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& key_valid) {
   torch::Tensor h = x + attention->forward(layernorm_before(x), key_valid);
-  return h + output(torch::gelu(intermediate(layernorm_after(h))));
+  return h + output(pal::nn::gelu(intermediate(layernorm_after(h))));
 }
 
 AstLayerStackImpl::AstLayerStackImpl(const AstEncoderConfig& c) {
@@ -368,6 +369,18 @@ AstEncoder load_ast_encoder(const std::filesystem::path& folder, const AstEncode
   detail::load_prefixed(*model, folder, {"audio_spectrogram_transformer.", ""},
                         "embeddings.patch_embeddings.projection.weight", model->type() + " encoder",
                         [](const std::string& key) { return key.rfind("classifier.", 0) == 0; });
+  model->to(dtype);
+  model->eval();
+  model->train_last_blocks(0);
+  return model;
+}
+
+AstEncoder init_ast_encoder(const std::filesystem::path& folder, const AstEncoderOptions& options,
+                            torch::Dtype dtype) {
+  const std::filesystem::path file = folder / "config.json";
+  AstEncoder model(AstEncoderConfig::from_json_file(file), options);
+  // ref: ASTPreTrainedModel._init_weights (truncated normal; tokens and positions too).
+  detail::init_hf_style(*model, detail::ConfigJson::open(file).number("initializer_range", 0.02));
   model->to(dtype);
   model->eval();
   model->train_last_blocks(0);

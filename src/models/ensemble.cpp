@@ -137,6 +137,8 @@ EnsembleOutput EncoderEnsembleImpl::forward(const std::vector<EncoderOutput>& ou
     if (f > 1)
       aligned = s.align == TimeAlignment::pool ? average_pool(h, out.mask, f) : stack_frames(h, out.mask, f);
     aligned.tokens = proj.proj(aligned.tokens);
+    const bool removed = i < removed_.size() && removed_[i];
+    if (removed) aligned = {torch::zeros_like(aligned.tokens), torch::zeros_like(aligned.mask)};
     const int r = s.route == AudioRoute::prefix ? 0 : 1;
     parts[r].push_back(aligned);
     index[r].push_back(i);
@@ -148,7 +150,12 @@ EnsembleOutput EncoderEnsembleImpl::forward(const std::vector<EncoderOutput>& ou
         cls = (out.hidden * m).sum(1) / m.sum(1).clamp_min(1);
       }
       torch::Tensor token = sp.proj(sp.norm(cls)).unsqueeze(1);  // [B, 1, width]
-      summary_parts.push_back({token, out.mask.any(1, /*keepdim=*/true)});
+      torch::Tensor valid = out.mask.any(1, /*keepdim=*/true);
+      if (removed) {
+        token = torch::zeros_like(token);
+        valid = torch::zeros_like(valid);
+      }
+      summary_parts.push_back({token, valid});
     }
   }
   EnsembleOutput result;

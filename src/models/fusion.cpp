@@ -7,6 +7,7 @@
 
 #include "pal/core/error.h"
 #include "pal/core/runtime.h"
+#include "pal/nn/functional.h"
 
 namespace pal::models {
 namespace {
@@ -22,7 +23,7 @@ class ProbeAdapterImpl : public torch::nn::Module {
     up->weight.zero_();
     up->bias.zero_();
   }
-  torch::Tensor forward(const torch::Tensor& x) { return x + up(torch::gelu(down(x))); }
+  torch::Tensor forward(const torch::Tensor& x) { return x + up(pal::nn::gelu(down(x))); }
   torch::nn::Linear down{nullptr}, up{nullptr};
 };
 TORCH_MODULE(ProbeAdapter);
@@ -54,6 +55,14 @@ torch::Tensor probe_key_mask(const torch::Tensor& audio_mask, int64_t queries, t
                       torch::TensorOptions().dtype(dtype).device(audio_mask.device()))
       .masked_fill_(audio_mask.logical_not().view({batch, 1, 1, keys}),
                     -std::numeric_limits<float>::infinity());
+}
+
+// `mask` [B, 1, Q, S] with the keys `hidden` [B, S] hidden from the queries `queries`
+// [B, Q] (bool): audio withheld from a layer (FusionAnalysis).
+torch::Tensor hide_keys(const torch::Tensor& mask, const torch::Tensor& queries,
+                        const torch::Tensor& hidden) {
+  torch::Tensor hide = queries.unsqueeze(1).unsqueeze(-1).logical_and(hidden.unsqueeze(1).unsqueeze(1));
+  return mask.masked_fill(hide, -std::numeric_limits<float>::infinity());
 }
 
 std::vector<int64_t> to_vector(const torch::Tensor& t) {
@@ -242,8 +251,13 @@ FusionOutput FusionDecoderImpl::forward(const torch::Tensor& input_ids, const to
     torch::Tensor ht = llm->embed(lay.ids.gather(1, order));
     if (taps) out.hidden_states.push_back(to_full(torch::zeros({batch, L, ht.size(2)}, ht.options()), ht));
     for (int64_t l = 0; l < insert; ++l) {
-      ht = llm->model->layers[static_cast<size_t>(l)]->as<LlamaDecoderLayer>()->forward(ht, text_rope,
-                                                                                        text_only_mask);
+      torch::Tensor probabilities;
+      ht = llm->model->layers[static_cast<size_t>(l)]->as<LlamaDecoderLayer>()->forward(
+          ht, text_rope, text_only_mask, nullptr, nullptr,
+          analysis_ && analysis_->on_attention ? &probabilities : nullptr);
+      if (probabilities.defined())
+        analysis_->on_attention({l, probabilities, order.masked_fill(text_valid.logical_not(), -1),
+                                 torch::zeros_like(text_valid)});
       if (taps && l + 1 < n)
         out.hidden_states.push_back(to_full(torch::zeros({batch, L, ht.size(2)}, ht.options()), ht));
     }
@@ -252,16 +266,34 @@ FusionOutput FusionDecoderImpl::forward(const torch::Tensor& input_ids, const to
     h = embed(lay, routed.prefix);
     if (taps) out.hidden_states.push_back(h);
   }
+  // Analysis: the mask of layers with the audio withheld (text queries do not see the
+  // prefix-routed audio), and the rows of the attention probabilities.
+  torch::Tensor withheld_mask, query_element;
+  if (analysis_) {
+    withheld_mask = hide_keys(mask, lay.valid.logical_and(lay.is_audio.logical_not()), lay.is_audio);
+    query_element = torch::arange(lay.ids.size(1), lay.ids.options())
+                        .unsqueeze(0)
+                        .expand_as(lay.ids)
+                        .masked_fill(lay.valid.logical_not(), -1);
+  }
   for (int64_t l = insert; l < n; ++l) {
     auto decoder = llm->model->layers[static_cast<size_t>(l)]->as<LlamaDecoderLayer>();
-    if (l >= probe_from) {
+    const bool withheld = analysis_ && analysis_->withholds(l);
+    torch::Tensor probabilities;
+    torch::Tensor* want = analysis_ && analysis_->on_attention ? &probabilities : nullptr;
+    const bool probe = l >= probe_from && !withheld;
+    if (probe) {
       ExtraKeyValues kv =
           decoder->self_attn->key_values(probe_input(l, routed.probe.tokens),
                                          config_.audio_rope == AudioRope::prefix ? &audio_rope : nullptr);
-      h = decoder->forward(h, rope, probe_mask, nullptr, &kv);
+      h = decoder->forward(h, rope, probe_mask, nullptr, &kv, want);
     } else {
-      h = decoder->forward(h, rope, mask);
+      h = decoder->forward(h, rope, withheld ? withheld_mask : mask, nullptr, nullptr, want);
     }
+    if (probabilities.defined())
+      analysis_->on_attention(
+          {l, probabilities, query_element,
+           probe ? torch::cat({routed.probe.mask.to(torch::kBool), lay.is_audio}, 1) : lay.is_audio});
     if (taps && l + 1 < n) out.hidden_states.push_back(h);
   }
   h = llm->model->norm(h);
@@ -363,20 +395,44 @@ GenerationResult FusionDecoderImpl::generate(const std::vector<std::vector<int64
     hi->commit();
   }
 
-  // One pass of the decoder over new elements (the prompt, then one token at a time).
+  // Analysis: which cache columns hold audio, for layers with the audio withheld: the
+  // prefix-routed audio (hidden from text queries) and the probe keys (from every query).
+  torch::Tensor prefix_columns_lo, prefix_columns_hi, probe_columns_hi;
+  if (analysis_) {
+    auto columns = [&](int64_t before, int64_t capacity) {
+      return torch::constant_pad_nd(lay.is_audio.to(torch::kInt64), {before, capacity - before - L}, 0)
+          .to(torch::kBool);
+    };
+    if (lo) prefix_columns_lo = columns(0, lo->capacity());
+    prefix_columns_hi = columns(n_probe, hi->capacity());
+    probe_columns_hi = torch::zeros_like(prefix_columns_hi);
+    probe_columns_hi.narrow(1, 0, n_probe).fill_(true);
+  }
+
+  // One pass of the decoder over new elements (the prompt, then one token at a time);
+  // `text_queries` [B, T] bool: which of them are text (for the analysis).
   auto run = [&](torch::Tensor h, const torch::Tensor& positions, const torch::Tensor& valid_lo,
-                 const torch::Tensor& valid_hi, const torch::Tensor& inserted) {
+                 const torch::Tensor& valid_hi, const torch::Tensor& inserted,
+                 const torch::Tensor& text_queries) {
     const RotaryTables rope = llm->rotary(positions);
     torch::Tensor mask_lo = lo ? lo->extend(valid_lo).to(dtype) : torch::Tensor();
     torch::Tensor mask_hi = hi->extend(valid_hi).to(dtype);
+    torch::Tensor withheld_lo, withheld_hi;
+    if (analysis_) {
+      if (lo) withheld_lo = hide_keys(mask_lo, text_queries, prefix_columns_lo.narrow(1, 0, mask_lo.size(3)));
+      const int64_t keys = mask_hi.size(3);
+      withheld_hi = hide_keys(hide_keys(mask_hi, text_queries, prefix_columns_hi.narrow(1, 0, keys)),
+                              torch::ones_like(text_queries), probe_columns_hi.narrow(1, 0, keys));
+    }
     for (int64_t l = 0; l < n; ++l) {
       if (inserted.defined() && l == insert && insert > 0)
         h = torch::where(lay.is_audio.unsqueeze(-1), inserted, h);
       const bool low = l < split;
       LayerCacheView view =
           low ? lo->layer(static_cast<size_t>(l)) : hi->layer(static_cast<size_t>(l - split));
+      const bool withheld = analysis_ && analysis_->withholds(l);
       h = llm->model->layers[static_cast<size_t>(l)]->as<LlamaDecoderLayer>()->forward(
-          h, rope, low ? mask_lo : mask_hi, &view);
+          h, rope, withheld ? (low ? withheld_lo : withheld_hi) : (low ? mask_lo : mask_hi), &view);
     }
     if (lo) lo->commit();
     hi->commit();
@@ -384,15 +440,17 @@ GenerationResult FusionDecoderImpl::generate(const std::vector<std::vector<int64
   };
   torch::Tensor prompt_valid_lo = insert > 0 ? lay.valid.logical_and(lay.is_audio.logical_not()) : lay.valid;
   torch::Tensor full = embed(lay, routed.prefix);
-  torch::Tensor h = run(insert > 0 ? llm->embed(lay.ids) : full, lay.positions, prompt_valid_lo, lay.valid,
-                        insert > 0 ? full : torch::Tensor());
+  torch::Tensor h =
+      run(insert > 0 ? llm->embed(lay.ids) : full, lay.positions, prompt_valid_lo, lay.valid,
+          insert > 0 ? full : torch::Tensor(), lay.valid.logical_and(lay.is_audio.logical_not()));
   torch::Tensor first_logits = llm->logits(h.select(1, L - 1));
 
   torch::Tensor next_position = (lay.positions.select(1, L - 1) + 1).unsqueeze(1);  // [B, 1]
   const torch::Tensor all_valid =
       torch::ones({batch, 1}, torch::TensorOptions().dtype(torch::kBool).device(device));
   DecodeStep step = [&](const torch::Tensor& tokens) {
-    torch::Tensor out = run(llm->embed(tokens.unsqueeze(1)), next_position, all_valid, all_valid, {});
+    torch::Tensor out =
+        run(llm->embed(tokens.unsqueeze(1)), next_position, all_valid, all_valid, {}, all_valid);
     next_position += 1;
     return llm->logits(out.select(1, 0));
   };

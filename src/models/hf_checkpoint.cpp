@@ -121,4 +121,24 @@ void set_trainable(torch::nn::Module& module, bool trainable) {
   for (auto& p : module.parameters()) p.set_requires_grad(trainable);
 }
 
+void init_hf_style(torch::nn::Module& module, double std) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.named_parameters()) {
+    const std::string& name = p.key();
+    torch::Tensor t = p.value();
+    const auto ends_with = [&](const std::string& suffix) {
+      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    const std::string leaf = name.substr(name.rfind('.') == std::string::npos ? 0 : name.rfind('.') + 1);
+    const std::string owner = name.substr(0, name.size() - leaf.size());
+    if (ends_with(".bias") || leaf == "bias") {
+      t.zero_();
+    } else if (owner.find("norm") != std::string::npos && leaf == "weight") {
+      t.fill_(1.0);
+    } else {
+      t.normal_(0.0, std).clamp_(-2.0 * std, 2.0 * std);
+    }
+  }
+}
+
 }  // namespace pal::models::detail

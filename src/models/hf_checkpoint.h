@@ -46,6 +46,11 @@ void load_prefixed(torch::nn::Module& module, const std::filesystem::path& folde
                    const std::vector<std::string>& prefixes, const std::string& probe,
                    const std::string& what, const std::function<bool(const std::string&)>& ignore = nullptr);
 
+// Fresh weights in the Hugging Face initialisation: weights ~ N(0, std) truncated at
+// +-2 std, biases 0, LayerNorm scales 1 (a parameter named "...norm....weight").
+// For encoders trained from scratch (`weights: random`).
+void init_hf_style(torch::nn::Module& module, double std);
+
 // Sets requires_grad on every parameter of `module`.
 void set_trainable(torch::nn::Module& module, bool trainable);
 

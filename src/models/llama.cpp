@@ -175,7 +175,7 @@ ExtraKeyValues LlamaAttentionImpl::key_values(const torch::Tensor& x, const Rota
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                           const torch::Tensor& mask, const LayerCacheView* cache,
-                                          const ExtraKeyValues* extra) {
+                                          const ExtraKeyValues* extra, torch::Tensor* probabilities) {
   const int64_t batch = x.size(0), length = x.size(1);
   torch::Tensor q = q_proj(x).view({batch, length, heads_, head_dim_}).transpose(1, 2);
   torch::Tensor k = k_proj(x).view({batch, length, kv_heads_, head_dim_}).transpose(1, 2);
@@ -205,15 +205,25 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryTa
                        .expand({mask.size(0), 1, groups, length, keys})
                        .reshape({mask.size(0), 1, groups * length, keys});
   torch::Tensor out;
+  if (probabilities) {
+    // Explicit attention, for its probabilities: [B, kv_heads, groups * T, S] are heads
+    // g * groups + j in order, so a reshape gives [B, heads, T, S].
+    torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)).to(torch::kFloat32) *
+                           (1.0 / std::sqrt(static_cast<double>(head_dim_)));
+    torch::Tensor p = torch::softmax(scores + grouped_mask.to(torch::kFloat32), -1);
+    out = torch::matmul(p.to(q.scalar_type()), v);
+    *probabilities = p.reshape({batch, heads_, length, keys});
+  } else {
 #if TORCH_VERSION_MAJOR >= 2
-  out = at::scaled_dot_product_attention(q, k, v, grouped_mask.to(q.scalar_type()));
+    out = at::scaled_dot_product_attention(q, k, v, grouped_mask.to(q.scalar_type()));
 #else
-  // LibTorch 1.13 has no fused attention: softmax(q k^T / sqrt(d) + mask) v, softmax in fp32.
-  torch::Tensor scores =
-      torch::matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
-  scores = scores + grouped_mask.to(scores.scalar_type());
-  out = torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type()), v);
+    // LibTorch 1.13 has no fused attention: softmax(q k^T / sqrt(d) + mask) v, softmax in fp32.
+    torch::Tensor scores =
+        torch::matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(head_dim_)));
+    scores = scores + grouped_mask.to(scores.scalar_type());
+    out = torch::matmul(torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type()), v);
 #endif
+  }
   // [B, kv_heads, groups * T, D] -> [B, heads, T, D] -> [B, T, heads * D]. reshape, not
   // view: CUDA's fused kernels return a transposed layout ([B, T', H, D] in memory), which
   // cannot be viewed with the group dimension split off (a copy then; on the CPU the output
@@ -242,8 +252,8 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c) {
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                              const torch::Tensor& mask, const LayerCacheView* cache,
-                                             const ExtraKeyValues* extra) {
-  torch::Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, cache, extra);
+                                             const ExtraKeyValues* extra, torch::Tensor* probabilities) {
+  torch::Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, cache, extra, probabilities);
   return h + mlp(post_attention_layernorm(h));
 }
 

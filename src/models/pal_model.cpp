@@ -38,12 +38,15 @@ EncoderRegistry& encoder_registry() {
           [](const EncoderEntryConfig& c, const std::filesystem::path& folder, torch::Dtype dtype) {
             WhisperEncoderOptions o;
             o.pad_to_30s = c.pad_to_30s;
-            return std::static_pointer_cast<AudioEncoder>(load_whisper_encoder(folder, o, dtype).ptr());
+            return std::static_pointer_cast<AudioEncoder>(
+                (c.weights == "random" ? init_whisper_encoder(folder, o, dtype) : load_whisper_encoder(folder, o, dtype))
+                    .ptr());
           });
     auto ast = [](const EncoderEntryConfig& c, const std::filesystem::path& folder, torch::Dtype dtype) {
       AstEncoderOptions o;
       o.frequency = c.frequency;
-      return std::static_pointer_cast<AudioEncoder>(load_ast_encoder(folder, o, dtype).ptr());
+      return std::static_pointer_cast<AudioEncoder>(
+          (c.weights == "random" ? init_ast_encoder(folder, o, dtype) : load_ast_encoder(folder, o, dtype)).ptr());
     };
     r.add("ast", ast);
     r.add("eat", ast);  // the EAT / SSLAM variant is told apart by its config.json

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "pal/core/error.h"
+#include "pal/nn/functional.h"
 
 namespace pal::models {
 namespace {
@@ -18,7 +19,7 @@ class MlpProjector : public AudioProjector {
     fc2 = register_module("fc2", torch::nn::Linear(hidden, out_width));
   }
   AudioTokens forward(const AudioTokens& audio) override {
-    return {fc2(torch::gelu(fc1(audio.tokens))), audio.mask};
+    return {fc2(pal::nn::gelu(fc1(audio.tokens))), audio.mask};
   }
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
 };
@@ -75,7 +76,7 @@ class LatentLayerImpl : public torch::nn::Module {
   }
   torch::Tensor forward(torch::Tensor q, const torch::Tensor& context, const torch::Tensor& mask) {
     q = q + attn(norm_queries(q), norm_context(context), mask);
-    return q + fc2(torch::gelu(fc1(norm_ffn(q))));
+    return q + fc2(pal::nn::gelu(fc1(norm_ffn(q))));
   }
   torch::nn::LayerNorm norm_queries{nullptr}, norm_context{nullptr}, norm_ffn{nullptr};
   CrossAttention attn{nullptr};

@@ -8,6 +8,7 @@
 #include "hf_checkpoint.h"
 #include "pal/audio/decode.h"
 #include "pal/core/error.h"
+#include "pal/nn/functional.h"
 
 namespace pal::models {
 
@@ -100,7 +101,7 @@ WhisperEncoderLayerImpl::WhisperEncoderLayerImpl(const WhisperEncoderConfig& c) 
 
 torch::Tensor WhisperEncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& key_valid) {
   torch::Tensor h = x + self_attn->forward(self_attn_layer_norm(x), key_valid);
-  return h + fc2(torch::gelu(fc1(final_layer_norm(h))));
+  return h + fc2(pal::nn::gelu(fc1(final_layer_norm(h))));
 }
 
 WhisperEncoderImpl::WhisperEncoderImpl(const WhisperEncoderConfig& config,
@@ -141,11 +142,11 @@ WhisperEncoderTaps WhisperEncoderImpl::forward_features(const torch::Tensor& fea
   const bool ragged = shortest < frames;
 
   // ref: WhisperEncoder.forward, without its 3000-frame check.
-  torch::Tensor x = torch::gelu(conv1(features.transpose(1, 2)));  // [B, d, frames]
+  torch::Tensor x = pal::nn::gelu(conv1(features.transpose(1, 2)));  // [B, d, frames]
   // conv2 reads one frame past a clip's end: zero it, as the clip alone would see conv2's
   // zero padding there.
   if (ragged) x = x * valid_mask(counts, frames).unsqueeze(1).to(x.scalar_type());
-  x = torch::gelu(conv2(x)).transpose(1, 2);  // [B, ceil(frames / 2), d]
+  x = pal::nn::gelu(conv2(x)).transpose(1, 2);  // [B, ceil(frames / 2), d]
   const int64_t length = x.size(1);
   x = x + embed_positions->weight.narrow(0, 0, length);
 
@@ -220,6 +221,27 @@ WhisperEncoder load_whisper_encoder(const std::filesystem::path& folder, const W
   WhisperEncoder model(WhisperEncoderConfig::from_json_file(folder / "config.json"), options);
   detail::load_prefixed(*model, folder, {"model.encoder.", "encoder.", ""}, "conv1.weight",
                         "Whisper encoder");
+  model->to(dtype);
+  model->eval();
+  model->train_last_blocks(0);
+  return model;
+}
+
+WhisperEncoder init_whisper_encoder(const std::filesystem::path& folder, const WhisperEncoderOptions& options,
+                                    torch::Dtype dtype) {
+  const std::filesystem::path file = folder / "config.json";
+  WhisperEncoder model(WhisperEncoderConfig::from_json_file(file), options);
+  detail::init_hf_style(*model, detail::ConfigJson::open(file).number("init_std", 0.02));
+  {
+    // Whisper's fixed sinusoidal positions (ref: modeling_whisper.sinusoids).
+    torch::NoGradGuard no_grad;
+    const int64_t length = model->embed_positions->weight.size(0), channels = model->embed_positions->weight.size(1);
+    const int64_t half = channels / 2;
+    const double increment = std::log(10000.0) / static_cast<double>(std::max<int64_t>(half - 1, 1));
+    const torch::Tensor inv = torch::exp(-increment * torch::arange(half, torch::kDouble));
+    const torch::Tensor scaled = torch::arange(length, torch::kDouble).unsqueeze(1) * inv.unsqueeze(0);
+    model->embed_positions->weight.copy_(torch::cat({torch::sin(scaled), torch::cos(scaled)}, 1));
+  }
   model->to(dtype);
   model->eval();
   model->train_last_blocks(0);

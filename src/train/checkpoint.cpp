@@ -64,6 +64,8 @@ std::string to_json(const TrainerState& s) {
   j["total_steps"] = s.total_steps;
   j["epoch"] = s.epoch;
   j["data_cursor"] = s.data_cursor;
+  j["world_size"] = s.world_size;
+  j["data_cursors"] = s.data_cursors;
   j["loss_scale"] = s.loss_scale;
   j["scaler_good_steps"] = s.scaler_good_steps;
   j["skipped_steps"] = s.skipped_steps;
@@ -90,6 +92,9 @@ TrainerState trainer_state_from_json(const std::string& text, const std::string&
     s.total_steps = j.at("total_steps").get<int64_t>();
     s.epoch = j.at("epoch").get<int64_t>();
     s.data_cursor = j.at("data_cursor").get<std::string>();
+    // Written by single-process runs before multi-process training existed: absent.
+    s.world_size = j.value("world_size", int64_t{1});
+    s.data_cursors = j.value("data_cursors", std::vector<std::string>{});
     s.loss_scale = j.at("loss_scale").get<double>();
     s.scaler_good_steps = j.at("scaler_good_steps").get<int64_t>();
     s.skipped_steps = j.at("skipped_steps").get<int64_t>();

@@ -24,6 +24,7 @@
 #include "pal/models/pal_checkpoint.h"
 #include "pal/text/prompt.h"
 #include "pal/train/checkpoint.h"
+#include "pal/train/distributed.h"
 #include "pal/train/optimizer.h"
 #include "progress.h"
 
@@ -44,8 +45,10 @@ extern "C" void on_stop_signal(int signal) {
 
 bool has_glob(const std::string& pattern) { return pattern.find_first_of("*?[") != std::string::npos; }
 
-c10::Device resolve_device(const std::string& name) {
-  if (name == "auto") return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+// `local_rank`: a rank's device on its node (cuda:LOCAL_RANK for "auto" and "cuda").
+c10::Device resolve_device(const std::string& name, int64_t local_rank) {
+  const auto local_cuda = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+  if (name == "auto") return torch::cuda::is_available() ? local_cuda : c10::Device(c10::kCPU);
   c10::Device device(c10::kCPU);
   try {
     device = c10::Device(name);
@@ -55,7 +58,11 @@ c10::Device resolve_device(const std::string& name) {
   if (device.is_cuda() && !torch::cuda::is_available())
     throw ConfigError("device: '" + name + "', but no CUDA device is available" +
                       (runtime_info().torch_cuda_build ? "" : " (this LibTorch is a CPU build)"));
-  if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
+  if (device.is_cuda() && !device.has_index()) device = local_cuda;
+  if (device.is_cuda() && device.index() >= static_cast<int64_t>(torch::cuda::device_count()))
+    throw ConfigError("device: " + device.str() + ", but this machine has " +
+                      std::to_string(torch::cuda::device_count()) + " CUDA device(s)" +
+                      (local_rank > 0 ? " (LOCAL_RANK=" + std::to_string(local_rank) + ")" : ""));
   return device;
 }
 
@@ -100,6 +107,21 @@ Collated collate(const data::Batch& batch, const text::PromptBuilder& prompts) {
   return c;
 }
 
+// FNV-1a over the bytes of the tensors: ranks that hold bit-identical parameters have
+// the same fingerprint.
+std::string fingerprint(const std::vector<NamedParameter>& parameters) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const auto& p : parameters) {
+    const at::Tensor t = p.tensor.detach().to(torch::kCPU).contiguous();
+    const auto* bytes = static_cast<const unsigned char*>(t.data_ptr());
+    const size_t n = static_cast<size_t>(t.numel()) * t.element_size();
+    for (size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ULL;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -135,12 +157,16 @@ struct Trainer::State {
   std::unique_ptr<DynamicLossScaler> scaler;
   TrainerState progress;
   fs::path output_dir;
+  ProcessGroup* group = nullptr;  // multi-process runs
+  std::unique_ptr<GradientBuckets> buckets;
+  int64_t saves = 0;              // store keys of the cursor exchange
 
   void build_model();
   void select_trainable();
   void load_init_from();
   bool resume();
   void save(const std::string& name);
+  void write_checkpoint(const std::string& name);
   double evaluate();
   void append_metrics(const nlohmann::json& line) const;
   void truncate_metrics(int64_t step) const;
@@ -155,7 +181,7 @@ Trainer::Trainer(StageConfig config, TrainOptions options) : state_(std::make_un
 Trainer::~Trainer() = default;
 
 void Trainer::State::build_model() {
-  device = resolve_device(config.device);
+  device = resolve_device(config.device, options.process_group ? options.process_group->local_rank() : 0);
   if (config.precision.amp != AmpMode::off && !device.is_cuda())
     throw ConfigError("precision.amp: " + config::enum_name(config.precision.amp) +
                       " needs a CUDA device (device: " + config.device +
@@ -183,6 +209,13 @@ void Trainer::State::select_trainable() {
     }
     return any;
   };
+  // "encoders.<i>.*" of an encoder built with `weights: random`.
+  const auto random_encoder = [&](const std::string& name) {
+    const size_t dot = name.find('.', 9);
+    if (dot == std::string::npos) return false;
+    const size_t i = std::stoul(name.substr(9, dot - 9));
+    return i < config.model.encoders.size() && config.model.encoders[i].weights == "random";
+  };
   for (auto& p : model->named_parameters()) {
     const std::string& name = p.key();
     const std::string group = models::PalModelImpl::parameter_group(name);
@@ -191,7 +224,8 @@ void Trainer::State::select_trainable() {
     p.value().set_requires_grad(train);
     if (train) trainable.push_back({name, p.value()});
     const bool fresh = group == "ensemble" || group == "projector" || group == "probe_adapters" || group == "lora" ||
-                       (group == "llm" && config.model.llm_weights == "random");
+                       (group == "llm" && config.model.llm_weights == "random") ||
+                       (group == "encoders" && random_encoder(name));
     if (train || fresh || config.checkpoint.full_model) saved.insert(name);
   }
   for (size_t i = 0; i < config.trainable.size(); ++i)
@@ -245,7 +279,10 @@ void Trainer::State::truncate_metrics(int64_t step) const {
 }
 
 bool Trainer::State::resume() {
+  // Rank 0 looks first: it removes an interrupted save's temporary folder.
+  if (group && options.rank != 0) group->barrier("looking for a checkpoint to resume");
   const auto found = find_resume_checkpoint(output_dir);
+  if (group && options.rank == 0) group->barrier("looking for a checkpoint to resume");
   if (!found) return false;
   const fs::path folder = *found;
   const fs::path state_file = folder / "trainer_state.json";
@@ -269,8 +306,29 @@ bool Trainer::State::resume() {
   return true;
 }
 
+// Collective in multi-process runs: every rank's data cursor goes to rank 0, which writes;
+// a barrier after the write keeps the others from running ahead of (or exiting before) it.
 void Trainer::State::save(const std::string& name) {
-  if (options.rank != 0) return;
+  progress.world_size = options.world_size;
+  progress.data_cursors.clear();
+  if (group) {
+    const std::string key = config.name + "/" + name + "/" + std::to_string(saves++);
+    progress.data_cursors = group->all_gather_strings(progress.data_cursor, "cursors/" + key);
+    // Data parallelism keeps every rank's parameters bit-identical; a checkpoint checks it.
+    const std::vector<std::string> prints = group->all_gather_strings(fingerprint(trainable), "fingerprints/" + key);
+    append_metrics({{"type", "ranks"}, {"stage", config.name}, {"step", progress.step}, {"checkpoint", name},
+                    {"parameter_fingerprints", prints}});
+    for (size_t r = 1; r < prints.size(); ++r)
+      if (prints[r] != prints[0])
+        throw TrainError("[" + config.name + "] the trainable parameters of rank " + std::to_string(r) +
+                         " differ from rank 0's at step " + std::to_string(progress.step) +
+                         " (fingerprints " + prints[r] + " and " + prints[0] + "): the ranks diverged");
+  }
+  if (options.rank == 0) write_checkpoint(name);
+  if (group) group->barrier("checkpoint " + name);
+}
+
+void Trainer::State::write_checkpoint(const std::string& name) {
   progress.saved_parameters.assign(saved.begin(), saved.end());
   if (scaler) {
     progress.loss_scale = scaler->scale();
@@ -316,6 +374,14 @@ double Trainer::State::evaluate() {
     ++batches;
   }
   model->train();
+  if (group) {
+    // The mean over every rank's eval batches (each rank reads its shard).
+    std::vector<at::Tensor> sums = {torch::tensor({total, static_cast<double>(batches)}, torch::kFloat64).to(device)};
+    group->all_reduce_sum(sums, "eval loss");
+    const at::Tensor cpu = sums[0].cpu();
+    total = cpu[0].item<double>();
+    batches = static_cast<int64_t>(cpu[1].item<double>());
+  }
   return batches > 0 ? total / static_cast<double>(batches) : std::nan("");
 }
 
@@ -336,8 +402,14 @@ TrainResult Trainer::run() {
   }
   configure_threads({static_cast<int>(cfg.threads), 0});
   fs::create_directories(s.output_dir);
+  if (s.options.process_group) {
+    s.group = s.options.process_group.get();
+    s.options.rank = s.group->rank();
+    s.options.world_size = s.group->world_size();
+  }
 
   s.build_model();
+  if (s.group) s.group->connect(s.device.is_cuda(), cfg.distributed);
   s.load_init_from();
   s.select_trainable();
   s.model->to(s.device);
@@ -362,7 +434,7 @@ TrainResult Trainer::run() {
   s.progress.stage = cfg.name;
   const bool resumed = s.resume();
   s.progress.total_steps = s.total_steps();
-  if (resumed) s.truncate_metrics(s.progress.step);
+  if (resumed && s.options.rank == 0) s.truncate_metrics(s.progress.step);
   if (!resumed && s.options.rank == 0) {
     write_file_atomic(s.output_dir / "config.yaml", config::to_yaml(cfg));
     s.truncate_metrics(0);
@@ -374,13 +446,47 @@ TrainResult Trainer::run() {
            s.optimizer->decayed_count(), " with weight decay) on ", s.device.str(), "; ", s.progress.total_steps,
            " steps of ", cfg.batch_size, " x ", cfg.grad_accum, " examples");
 
+  if (s.group) {
+    // Every rank starts from rank 0's weights (and buffers), whatever it built or loaded;
+    // ranks > 0 draw their own dropout masks.
+    std::vector<at::Tensor> state;
+    for (const auto& p : s.model->parameters()) state.push_back(p);
+    for (const auto& b : s.model->buffers())
+      if (b.is_floating_point()) state.push_back(b);  // (masks and indices follow from the config)
+    broadcast_from_rank0(*s.group, state, cfg.distributed.bucket_mb, "the model's parameters");
+    std::vector<at::Tensor> grads;
+    for (const auto& p : s.trainable) grads.push_back(p.tensor);
+    s.buckets = std::make_unique<GradientBuckets>(grads, cfg.distributed.bucket_mb);
+    if (s.options.rank > 0)
+      torch::manual_seed(cfg.seed + 7919 * static_cast<uint64_t>(s.options.rank) + static_cast<uint64_t>(s.progress.step));
+    log_info("[", cfg.name, "] data parallel over ", s.options.world_size, " ranks (", s.group->backend_name(), "); ",
+             s.buckets->bucket_count(), " gradient buckets of up to ", cfg.distributed.bucket_mb, " MiB");
+  }
+
   data::LoaderOptions lo;
   lo.batch_size = cfg.batch_size;
   lo.seed = cfg.seed;
   lo.rank = s.options.rank;
   lo.world_size = s.options.world_size;
+  // The data cursor of this rank, when the checkpoint was written by as many ranks. At
+  // another world size the shards differ and no cursor maps onto them: the data pass
+  // restarts on the new shards with a seed moved by the step, so that the batches after
+  // the resume are a fresh shuffle, not a replay of the stage's first batches.
+  std::string cursor;
+  const bool same_world = s.progress.world_size == s.options.world_size &&
+                          (s.options.world_size == 1 ||
+                           s.progress.data_cursors.size() == static_cast<size_t>(s.options.world_size));
+  if (resumed && same_world)
+    cursor = s.options.world_size == 1 ? s.progress.data_cursor
+                                       : s.progress.data_cursors.at(static_cast<size_t>(s.options.rank));
+  else if (resumed) {
+    lo.seed = cfg.seed + 1000003ULL * static_cast<uint64_t>(s.progress.step);
+    log_warn("[", cfg.name, "] the checkpoint was written by ", s.progress.world_size, " rank(s), this run has ",
+             s.options.world_size, ": the weights, optimizer and step ", s.progress.step,
+             " continue; the data pass restarts on the new shards (seed ", lo.seed, ")");
+  }
   data::DataLoader loader(cfg.data.train, cfg.data, "/", lo);
-  if (!s.progress.data_cursor.empty()) loader.restore(s.progress.data_cursor);
+  if (!cursor.empty()) loader.restore(cursor);
 
   const bool amp = cfg.precision.amp != AmpMode::off;
   const auto amp_dtype = cfg.precision.amp == AmpMode::fp16 ? at::kHalf : at::kBFloat16;
@@ -420,7 +526,7 @@ TrainResult Trainer::run() {
                                                        c.labels.to(s.device));
       }
       const double loss = out.loss.item<double>();
-      if (!std::isfinite(loss) && !s.scaler) {
+      if (!std::isfinite(loss) && !s.scaler && !s.group) {
         s.progress.data_cursor = cursor_before_step;
         s.progress.elapsed_seconds = elapsed_before + seconds_since(run_start);
         const std::string name = step_checkpoint_name(s.progress.step);
@@ -442,6 +548,38 @@ TrainResult Trainer::run() {
       s.progress.data_cursor = batch->cursor;
       compute_seconds += seconds_since(compute_start);
     }
+    bool stop = stop_requested() || (s.options.stop_after_steps > 0 && steps_this_call + 1 >= s.options.stop_after_steps);
+    double allreduce_seconds = 0;
+    if (s.group) {
+      allreduce_seconds = s.buckets->all_reduce_mean(*s.group);
+      // One all-reduce for what every rank must agree on: the loss (mean over ranks), the
+      // counts (sums), a stop (any rank's signal stops all at the same step).
+      const auto opts = torch::TensorOptions().dtype(torch::kFloat64).device(s.device);
+      std::vector<at::Tensor> sums = {torch::tensor({std::isfinite(step_loss) ? step_loss : 0.0,
+                                                     std::isfinite(step_loss) ? 0.0 : 1.0,
+                                                     static_cast<double>(step_tokens), step_audio, stop ? 1.0 : 0.0},
+                                                    torch::kFloat64)
+                                           .to(opts.device())};
+      s.group->all_reduce_sum(sums, "step metrics");
+      const at::Tensor r = sums[0].cpu();
+      const double ranks = static_cast<double>(s.options.world_size);
+      step_loss = r[1].item<double>() > 0 ? std::nan("") : r[0].item<double>() / ranks;
+      step_tokens = static_cast<int64_t>(r[2].item<double>());
+      step_audio = r[3].item<double>();
+      stop = r[4].item<double>() > 0;
+      if (!std::isfinite(step_loss) && !s.scaler) {
+        s.progress.data_cursor = cursor_before_step;
+        s.progress.elapsed_seconds = elapsed_before + seconds_since(run_start);
+        const std::string name = step_checkpoint_name(s.progress.step);
+        s.save(name);
+        throw TrainError("[" + cfg.name + "] the loss is not finite at step " + std::to_string(s.progress.step + 1) +
+                         " on at least one rank (this rank's batch starts with " + first_source +
+                         "); training stopped. The weights before this step are saved in " +
+                         (s.output_dir / name).string() +
+                         ". Try a lower optim.lr, a longer schedule.warmup_steps or optim.clip_grad_norm, "
+                         "or check the data");
+      }
+    }
     const auto update_start = std::chrono::steady_clock::now();
 
     bool finite = true;
@@ -452,11 +590,30 @@ TrainResult Trainer::run() {
       if (!std::isfinite(grad_norm)) {
         if (!s.scaler) {
           const std::string name = step_checkpoint_name(s.progress.step);
+          // Name the parameters whose gradients hold NaN / Inf: where the fault starts.
+          std::string bad;
+          int64_t bad_count = 0;
+          for (const auto& p : s.trainable) {
+            const torch::Tensor g = p.tensor.grad();
+            if (!g.defined() || torch::isfinite(g).all().item<bool>()) continue;
+            if (++bad_count <= 3) bad += (bad.empty() ? "" : ", ") + p.name;
+          }
+          if (bad_count > 3) bad += " and " + std::to_string(bad_count - 3) + " more";
+          if (bad.empty()) {  // finite values whose norm overflows: name the largest
+            double largest = -1;
+            for (const auto& p : s.trainable) {
+              const torch::Tensor g = p.tensor.grad();
+              if (!g.defined()) continue;
+              const double m = g.abs().max().item<double>();
+              if (m > largest) largest = m, bad = p.name + " (largest |gradient| " + std::to_string(m) + ")";
+            }
+          }
           s.progress.data_cursor = cursor_before_step;
           s.optimizer->zero_grad();
           s.save(name);
           throw TrainError("[" + cfg.name + "] the gradient norm is not finite at step " +
                            std::to_string(s.progress.step + 1) + " (batch starting with " + first_source +
+                           (bad.empty() ? std::string() : (bad_count > 0 ? "; non-finite gradients in " : "; overflowing gradients in ") + bad) +
                            "); training stopped. The weights before this step are saved in " +
                            (s.output_dir / name).string() + ". Try a lower optim.lr or a longer warmup");
         }
@@ -494,6 +651,7 @@ TrainResult Trainer::run() {
     m.data_seconds = data_seconds;
     m.compute_seconds = compute_seconds;
     m.update_seconds = update_seconds;
+    m.allreduce_seconds = allreduce_seconds;
     m.elapsed_seconds = s.progress.elapsed_seconds;
     if (s.options.on_step) s.options.on_step(m);
     bar.update(m);
@@ -526,7 +684,7 @@ TrainResult Trainer::run() {
         bar.note("eval loss " + std::to_string(eval_loss));
       }
     }
-    const bool stop = stop_requested() || (s.options.stop_after_steps > 0 && steps_this_call >= s.options.stop_after_steps);
+    if (!s.group) stop = stop || stop_requested();  // a signal during this step's update
     if (last) break;
     if ((cfg.checkpoint.every > 0 && s.progress.step % cfg.checkpoint.every == 0) || stop) {
       s.save(step_checkpoint_name(s.progress.step));

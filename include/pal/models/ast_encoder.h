@@ -230,4 +230,9 @@ TORCH_MODULE(AstEncoder);
 AstEncoder load_ast_encoder(const std::filesystem::path& folder, const AstEncoderOptions& options = {},
                             torch::Dtype dtype = torch::kFloat32);
 
+// An AST / EAT encoder with fresh weights from the folder's config.json alone
+// (truncated N(0, initializer_range), as Hugging Face initialises ASTModel).
+AstEncoder init_ast_encoder(const std::filesystem::path& folder, const AstEncoderOptions& options = {},
+                            torch::Dtype dtype = torch::kFloat32);
+
 }  // namespace pal::models

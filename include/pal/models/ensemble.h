@@ -122,6 +122,13 @@ class EncoderEnsembleImpl : public torch::nn::Module {
   int64_t width() const { return config_.width; }
   const EnsembleConfig& config() const { return config_; }
 
+  // Analysis (pal/analyze): streams, by encoder index, whose tokens forward() removes:
+  // the stream's projected features become zeros and its time steps and summary token
+  // invalid. With concat_time its tokens thus drop out (masked); with concat_channel /
+  // sum the shared time steps stay where another stream is valid, with zeros for the
+  // removed one. Empty (the default): none.
+  void set_removed_streams(std::vector<bool> removed) { removed_ = std::move(removed); }
+
   // Parameter names: streams.<i>.norm/proj, summaries.<i>.norm/proj, type_embedding,
   // channel_mix.<route>.
   torch::nn::ModuleList streams{nullptr}, summaries{nullptr};
@@ -137,6 +144,7 @@ class EncoderEnsembleImpl : public torch::nn::Module {
   std::vector<EnsembleInput> inputs_;
   std::vector<Alignment> alignment_;
   torch::nn::ModuleDict channel_mix_{nullptr};
+  std::vector<bool> removed_;
 };
 TORCH_MODULE(EncoderEnsemble);
 

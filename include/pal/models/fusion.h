@@ -23,6 +23,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 
+#include <functional>
 #include <vector>
 
 #include "pal/core/config.h"
@@ -92,6 +93,36 @@ struct FusionOutput {
   FusedLayout layout;
 };
 
+// The attention of one decoder layer, for FusionAnalysis::on_attention.
+struct LayerAttention {
+  int64_t layer = 0;
+  at::Tensor probabilities;  // [B, heads, Q, S] float32
+  at::Tensor query_element;  // [B, Q] int64: the fused-sequence element of each query row; -1: padding
+  at::Tensor audio_keys;     // [B, S] bool: audio keys (prefix-routed positions of the sequence, probe keys)
+};
+
+// Instrumentation of a FusionDecoder for the analysis tools (pal/analyze), set with
+// FusionDecoderImpl::set_analysis. While none is set (the default), forward() and
+// generate() run exactly as without it.
+struct FusionAnalysis {
+  // Per decoder layer (missing entries: false). true withholds the audio from that layer,
+  // so that its text queries read none of it (forward and generate):
+  //   prefix-routed audio (prefix, delayed, pal's prefix route): the audio positions of
+  //     the sequence are hidden as keys from the layer's text queries; the audio rows
+  //     themselves still run, so later layers see them as usual;
+  //   probe-routed audio (probe, pal's probe route): the layer's probe block is skipped
+  //     (no audio keys/values), so that it runs as a text-only layer.
+  std::vector<bool> withhold_audio;
+  // forward() only: called after each decoder layer with its attention probabilities,
+  // which are then computed explicitly (one layer's at a time) instead of by the fused kernel.
+  std::function<void(const LayerAttention&)> on_attention;
+
+  bool withholds(int64_t layer) const {
+    return layer >= 0 && layer < static_cast<int64_t>(withhold_audio.size()) &&
+           withhold_audio[static_cast<size_t>(layer)];
+  }
+};
+
 class FusionDecoderImpl : public torch::nn::Module {
  public:
   // `audio_token_id`: the placeholder's id in the prompts (it need not be in the LLM's
@@ -121,6 +152,11 @@ class FusionDecoderImpl : public torch::nn::Module {
   const FusionConfig& config() const { return config_; }
   int64_t insert_layer() const;  // first layer that sees prefix-routed audio
   int64_t probe_layer() const;   // first layer that reads probe-routed audio
+  int64_t audio_token_id() const { return audio_token_id_; }
+
+  // Instruments forward() and generate() until reset with nullptr; the caller keeps
+  // `analysis` alive meanwhile.
+  void set_analysis(FusionAnalysis* analysis) { analysis_ = analysis; }
 
   LlamaForCausalLM llm{nullptr};
   torch::nn::ModuleList probe_adapters{nullptr};  // one per probe layer when adapter_rank > 0
@@ -132,6 +168,7 @@ class FusionDecoderImpl : public torch::nn::Module {
 
   FusionConfig config_;
   int64_t audio_token_id_;
+  FusionAnalysis* analysis_ = nullptr;
 };
 TORCH_MODULE(FusionDecoder);
 

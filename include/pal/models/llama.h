@@ -87,8 +87,12 @@ class LlamaAttentionImpl : public torch::nn::Module {
   // x [B, T, hidden]; rope for the T positions; mask: additive float [B or 1, 1, T, S]
   // (0 or -inf) over the S keys: S = T without a cache, past + T with one, plus N in
   // front with `extra`. -> [B, T, hidden]
+  // `probabilities` (analysis tools, pal/analyze): when not null, attention is computed
+  // explicitly, softmax(q k^T / sqrt(d) + mask) in float32 instead of the fused kernel,
+  // and its probabilities [B, heads, T, S] float32 are stored there. Null: no extra cost.
   torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask,
-                        const LayerCacheView* cache = nullptr, const ExtraKeyValues* extra = nullptr);
+                        const LayerCacheView* cache = nullptr, const ExtraKeyValues* extra = nullptr,
+                        torch::Tensor* probabilities = nullptr);
   // This layer's keys and values of (already normed) x [B, N, hidden], rotated with `rope`
   // unless it is null: [B, kv_heads, N, head_dim] each.
   ExtraKeyValues key_values(const torch::Tensor& x, const RotaryTables* rope);
@@ -110,8 +114,10 @@ TORCH_MODULE(LlamaMLP);
 class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
+  // See LlamaAttentionImpl::forward (`probabilities`: its attention probabilities).
   torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& mask,
-                        const LayerCacheView* cache = nullptr, const ExtraKeyValues* extra = nullptr);
+                        const LayerCacheView* cache = nullptr, const ExtraKeyValues* extra = nullptr,
+                        torch::Tensor* probabilities = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};

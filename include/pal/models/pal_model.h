@@ -59,6 +59,7 @@ namespace pal::models {
 struct EncoderEntryConfig {
   std::string type;                  // a name in encoder_registry(): whisper, ast, eat
   std::string checkpoint;            // HF folder: config.json + safetensors
+  std::string weights = "pretrained"; // pretrained: the folder's safetensors; random: config.json only, fresh weights
   int64_t trainable_blocks = 0;      // 0: frozen; n: the last n blocks train
   bool pad_to_30s = false;           // whisper: run on 30 s windows as Whisper was trained
   std::string frequency = "pooled";  // ast / eat: frequency patches per time step, pooled or stacked
@@ -67,6 +68,7 @@ struct EncoderEntryConfig {
   void visit(V& v) {
     v("type", type, config::Rule().required().non_empty());
     v("checkpoint", checkpoint, config::Rule().required().non_empty());
+    v("weights", weights, config::Rule().one_of({"pretrained", "random"}));
     v("trainable_blocks", trainable_blocks, config::Rule().at_least(0));
     v("pad_to_30s", pad_to_30s);
     v("frequency", frequency, config::Rule().one_of({"pooled", "stacked"}));

@@ -147,4 +147,11 @@ WhisperEncoder load_whisper_encoder(const std::filesystem::path& folder,
                                     const WhisperEncoderOptions& options = {},
                                     torch::Dtype dtype = torch::kFloat32);
 
+// A Whisper encoder with fresh weights, from the folder's config.json alone (no
+// safetensors needed): Hugging Face's initialisation (N(0, init_std), sinusoidal
+// positions). For encoders trained from scratch (`weights: random` in a PAL model).
+WhisperEncoder init_whisper_encoder(const std::filesystem::path& folder,
+                                    const WhisperEncoderOptions& options = {},
+                                    torch::Dtype dtype = torch::kFloat32);
+
 }  // namespace pal::models

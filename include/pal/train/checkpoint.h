@@ -31,7 +31,9 @@ struct TrainerState {
   int64_t step = 0;          // optimizer steps done
   int64_t total_steps = 0;
   int64_t epoch = 0;
-  std::string data_cursor;   // the loader's cursor after the last batch trained on
+  std::string data_cursor;   // the loader's cursor after the last batch trained on (rank 0's)
+  int64_t world_size = 1;    // ranks of the run that wrote it
+  std::vector<std::string> data_cursors;  // world_size > 1: every rank's cursor, in rank order
   double loss_scale = 0;     // fp16 dynamic loss scale (0: unused)
   int64_t scaler_good_steps = 0;
   int64_t skipped_steps = 0;      // fp16 overflow steps skipped

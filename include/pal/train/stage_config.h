@@ -15,6 +15,7 @@
 //   precision: {amp: bf16}       # off | bf16 | fp16 (CUDA); fp16 uses dynamic loss scaling
 //   eval: {every: 200, batches: 20}
 //   checkpoint: {every: 500, keep: 3, full_model: false}
+//   distributed: {backend: auto, timeout_s: 600, bucket_mb: 25}   # multi-process runs only
 //
 // Relative paths are taken from the folder of the YAML file they appear in.
 #pragma once
@@ -26,6 +27,7 @@
 #include "pal/core/config.h"
 #include "pal/data/loader.h"
 #include "pal/models/pal_model.h"
+#include "pal/train/distributed.h"
 
 namespace pal::train {
 
@@ -126,7 +128,8 @@ struct StageConfig {
   PrecisionConfig precision;
   EvalConfig eval;
   CheckpointConfig checkpoint;
-  std::string device = "auto";     // auto (CUDA when present), cpu, cuda, cuda:N
+  DistributedConfig distributed;   // used when launched as one rank of several (torchrun)
+  std::string device = "auto";     // auto (CUDA when present; cuda:LOCAL_RANK for a rank), cpu, cuda, cuda:N
   int64_t threads = 0;             // CPU intra-op threads; 0: every core
   uint64_t seed = 0;
   int64_t log_every = 10;          // steps between metrics lines
@@ -148,6 +151,7 @@ struct StageConfig {
     v("precision", precision);
     v("eval", eval);
     v("checkpoint", checkpoint);
+    v("distributed", distributed);
     v("device", device, config::Rule().non_empty());
     v("threads", threads, config::Rule().at_least(0));
     int64_t seed64 = static_cast<int64_t>(seed);

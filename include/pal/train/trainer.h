@@ -15,8 +15,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 
+#include "pal/train/distributed.h"
 #include "pal/train/stage_config.h"
 
 namespace pal::train {
@@ -33,6 +35,7 @@ struct StepMetrics {
   double data_seconds = 0;     // this step's wait for batches
   double compute_seconds = 0;  // prompts, forward and backward of its micro-batches
   double update_seconds = 0;   // gradient clipping and the optimizer
+  double allreduce_seconds = 0;  // multi-process runs: this step's gradient all-reduce (not in compute_seconds)
   double elapsed_seconds = 0;
 };
 
@@ -42,7 +45,14 @@ struct TrainOptions {
   int64_t stop_after_steps = 0;
   bool progress_bar = true;                       // on stderr when it is a terminal
   std::function<void(const StepMetrics&)> on_step;  // called after every optimizer step
-  int64_t rank = 0, world_size = 1;               // data sharding (multi-process runs)
+  int64_t rank = 0, world_size = 1;               // data sharding; set from process_group when there is one
+  // Multi-process data parallelism (pal-train sets it from torchrun's environment); null:
+  // one process. Connected by the first stage that runs; shared by a curriculum's stages.
+  // Every rank trains the same parameters (broadcast from rank 0 at the start) on its
+  // shard of the manifests; gradients are averaged over the ranks; only rank 0 writes
+  // metrics.jsonl and checkpoints. Resuming at another world size keeps the weights, the
+  // optimizer and the step, and restarts the data pass (README, "Multi-process training").
+  std::shared_ptr<ProcessGroup> process_group;
 };
 
 struct TrainResult {
