@@ -33,6 +33,8 @@
 #                        Control symbols: PAL's tokenizer matches them in text (spm_encode
 #                        does not). "<|audio|>" is not in it: PAL adds the placeholder itself.
 #   stats.json           counts per task and split, classes and chance levels per task
+#   llm/                 the demo LLM's folder: configs/demo/llm/config.json (vocab_size set
+#                        to --vocab) and tokenizer.model
 #
 # Deterministic for a seed (sox runs with -R): two runs, with any --jobs, give identical files.
 # Exit codes: 0 success, 1 a missing tool / package / source file, 2 bad usage.
@@ -729,6 +731,16 @@ if ! (cd "$out" && spm_train --input=.spm_corpus.txt --model_prefix=tokenizer --
   die "spm_train failed (see $spm_log); a smaller --vocab may fit the corpus"
 fi
 rm -f "$spm_log" "$out/.spm_corpus.txt"
+# The demo LLM's folder: its Llama config (configs/demo/llm, vocab_size = --vocab) beside
+# the tokenizer (configs/demo/*.yaml read it as data/demo/llm).
+mkdir -p "$out/llm"
+python3 - "$repo/configs/demo/llm/config.json" "$out/llm/config.json" "$vocab" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["vocab_size"] = int(sys.argv[3])
+json.dump(config, open(sys.argv[2], "w"), indent=2)
+PY
+cp "$out/tokenizer.model" "$out/llm/tokenizer.model"
 # the tokenizer's facts go into stats.json
 python3 - "$out" "$vocab" <<'PY'
 import json, os, sys

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""The paper's comparison in miniature, on the demo data (scripts/study.sh runs it).
+
+Every variant trains through the same curriculum (configs/demo/curriculum.yaml) on the
+same data with the same seeds; only the fusion design or the encoder set changes:
+
+  prefix          audio tokens in front of the text (the LLaVA-style baseline)
+  delayed         audio joins the sequence at fusion.start_layer
+  probe           attention-only probe blocks in layers >= start_layer (PAL's probe)
+  pal             the hybrid: summary tokens as a prefix, full sequences through probes
+  probe-whisper   probe with the Whisper-type encoder alone
+  probe-ast       probe with the AST-type encoder alone
+
+For each variant and seed: pal-train (the four stages), then pal-eval on the test split.
+The report (Markdown, also printed) gives mean +- std over seeds per task and metric, the
+relative change against prefix, the training step time (mean over the audio stages'
+steps) and the peak resident memory of the training process.
+
+  scripts/study.py --bin build/debian --seeds 1 2 3 --out runs/study --doc docs/study.md
+  scripts/study.py ... --variants prefix probe --seeds 1 --steps 150    # a quicker look
+
+Runs already finished (their instruct/final and eval.json exist) are reused.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+ENCODERS = {
+    "whisper": "{type: whisper, checkpoint: encoders/whisper, weights: random}",
+    "ast": "{type: ast, checkpoint: encoders/ast, weights: random}",
+}
+
+VARIANTS = {
+    "prefix": ["model.fusion.mode=prefix"],
+    "delayed": ["model.fusion.mode=delayed"],
+    "probe": ["model.fusion.mode=probe"],
+    "pal": ["model.fusion.mode=pal", "model.ensemble.summary_route=prefix",
+            "model.ensemble.streams=[{summary_token: true}, {summary_token: true}]"],
+    "probe-whisper": ["model.fusion.mode=probe", f"model.encoders=[{ENCODERS['whisper']}]"],
+    "probe-ast": ["model.fusion.mode=probe", f"model.encoders=[{ENCODERS['ast']}]"],
+}
+AUDIO_STAGES = ("align", "probe", "instruct")
+
+
+def log(msg):
+    print(f"study: {msg}", flush=True)
+
+
+def train(args, variant, seed, out_dir):
+    sets = [f"output_dir={os.path.abspath(out_dir)}", f"seed={seed}", f"threads={args.threads}"]
+    sets += VARIANTS[variant]
+    cmd = [os.path.join(args.bin, "pal-train"), "--curriculum", args.curriculum, "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    if args.steps:
+        cmd += ["--set", f"steps={args.steps}"]  # every stage
+    os.makedirs(out_dir, exist_ok=True)
+    # A child python measures the training process alone (ru_maxrss of its only child).
+    probe = ("import resource, subprocess, sys, json\n"
+             "rc = subprocess.call(sys.argv[2:], stdout=open(sys.argv[1], 'w'), stderr=subprocess.STDOUT)\n"
+             "print(json.dumps({'rc': rc, 'peak_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n")
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-c", probe, os.path.join(out_dir, "train.log")] + cmd,
+                         capture_output=True, text=True, check=False)
+    info = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {"rc": 1, "peak_mib": 0}
+    info["wall_s"] = time.time() - t0
+    if info["rc"] != 0:
+        raise SystemExit(f"study: pal-train failed for {variant} seed {seed} (exit {info['rc']}); "
+                         f"see {os.path.join(out_dir, 'train.log')}")
+    return info
+
+
+def step_time(out_dir):
+    """Mean seconds per training step over the audio stages (from metrics.jsonl)."""
+    total_s, total_steps = 0.0, 0
+    for stage in AUDIO_STAGES:
+        path = os.path.join(out_dir, stage, "metrics.jsonl")
+        last = None
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                if r.get("type") == "train":
+                    last = r
+        if last:
+            total_s += last["elapsed_s"]
+            total_steps += last["step"]
+    return total_s / total_steps if total_steps else float("nan")
+
+
+def evaluate(args, variant, seed, out_dir):
+    result = os.path.join(out_dir, "eval.json")
+    if os.path.exists(result):
+        return json.load(open(result))
+    cmd = [os.path.join(args.bin, "pal-eval"), "--model", os.path.join(out_dir, "instruct", "final"),
+           "--name", f"{variant}-s{seed}", "--manifest", args.manifest, "--tasks", args.tasks,
+           "--batch-size", "16", "--max-new-tokens", "24", "--threads", str(args.threads),
+           "--json", result + ".tmp", "--markdown", os.path.join(out_dir, "eval.md")]
+    with open(os.path.join(out_dir, "eval.log"), "w") as out:
+        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise SystemExit(f"study: pal-eval failed for {variant} seed {seed} (exit {rc}); see {out_dir}/eval.log")
+    os.replace(result + ".tmp", result)
+    return json.load(open(result))
+
+
+def task_metrics(eval_json):
+    """{task: {metric: value}} from pal-eval's JSON (first model)."""
+    model = eval_json["models"][0]
+    out = {}
+    for task, t in model["tasks"].items():
+        out[task] = {k: v for k, v in t["metrics"].items() if isinstance(v, (int, float))}
+    return out
+
+
+def mean_std(values):
+    if not values:
+        return float("nan"), float("nan")
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", required=True, help="build folder with pal-train and pal-eval")
+    ap.add_argument("--curriculum", default="configs/demo/curriculum.yaml")
+    ap.add_argument("--manifest", default="data/demo/test.jsonl")
+    ap.add_argument("--tasks", default="data/demo/stats.json")
+    ap.add_argument("--out", default="runs/study")
+    ap.add_argument("--doc", default="docs/study.md")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--steps", type=int, default=0,
+                    help="steps of every stage (default: the curriculum's own)")
+    args = ap.parse_args()
+
+    rows = {}  # variant -> list of per-seed dicts
+    for variant in args.variants:
+        for seed in args.seeds:
+            out_dir = os.path.join(args.out, f"{variant}-s{seed}")
+            done = os.path.exists(os.path.join(out_dir, "instruct", "final", "model.yaml"))
+            info_file = os.path.join(out_dir, "train_info.json")
+            if done and os.path.exists(info_file):
+                info = json.load(open(info_file))
+                log(f"{variant} seed {seed}: trained before ({out_dir})")
+            else:
+                log(f"{variant} seed {seed}: training -> {out_dir}")
+                info = train(args, variant, seed, out_dir)
+                json.dump(info, open(info_file, "w"))
+                log(f"{variant} seed {seed}: trained in {info['wall_s']:.0f} s, peak {info['peak_mib']:.0f} MiB")
+            metrics = task_metrics(evaluate(args, variant, seed, out_dir))
+            rows.setdefault(variant, []).append(
+                {"seed": seed, "metrics": metrics, "step_s": step_time(out_dir), "peak_mib": info["peak_mib"]})
+
+    # ---- report ---------------------------------------------------------------------------
+    stats = json.load(open(args.tasks))["tasks"]
+    tasks = sorted({t for runs in rows.values() for r in runs for t in r["metrics"]})
+    base = "prefix" if "prefix" in rows else args.variants[0]
+    summary = {"seeds": args.seeds, "variants": {}, "baseline": base}
+    lines = [f"# The study in miniature: fusion designs and encoders on the demo data",
+             "",
+             f"`scripts/study.sh` (seeds {', '.join(map(str, args.seeds))}; "
+             f"curriculum `{args.curriculum}`; test split `{args.manifest}`). "
+             f"Each cell: mean +- std over seeds; in brackets the relative change of the mean against `{base}`.",
+             ""]
+    header = "| task | metric | chance | " + " | ".join(rows) + " |"
+    lines += [header, "|" + "---|" * (3 + len(rows))]
+    for task in tasks:
+        metric_names = sorted({m for runs in rows.values() for r in runs for m in r["metrics"].get(task, {})
+                               if m in ("accuracy", "mAP", "BLEU-4", "CIDEr-D")})
+        for metric in metric_names:
+            chance = ""
+            st = stats.get(task, {})
+            if metric == "accuracy" and st.get("closed"):
+                chance = f"{max(st.get('majority_rate_test', 0), st.get('chance_uniform', 0)):.3f}"
+            cells = []
+            base_mean = mean_std([r["metrics"].get(task, {}).get(metric) for r in rows.get(base, [])
+                                  if r["metrics"].get(task, {}).get(metric) is not None])[0]
+            for variant, runs in rows.items():
+                vals = [r["metrics"][task][metric] for r in runs if metric in r["metrics"].get(task, {})]
+                m, s = mean_std(vals)
+                summary["variants"].setdefault(variant, {}).setdefault(task, {})[metric] = {"mean": m, "std": s,
+                                                                                            "values": vals}
+                rel = "" if variant == base or not base_mean or math.isnan(base_mean) else \
+                    f" ({(m - base_mean) / base_mean * 100:+.0f}%)"
+                cells.append(f"{m:.3f} +- {s:.3f}{rel}")
+            lines.append(f"| {task} | {metric} | {chance} | " + " | ".join(cells) + " |")
+    lines += ["", "| variant | step time (s, audio stages) | peak memory (MiB, training process) |", "|---|---|---|"]
+    for variant, runs in rows.items():
+        st, ss = mean_std([r["step_s"] for r in runs])
+        pm, ps = mean_std([r["peak_mib"] for r in runs])
+        summary["variants"].setdefault(variant, {})["_cost"] = {"step_s": st, "peak_mib": pm}
+        lines.append(f"| {variant} | {st:.3f} +- {ss:.3f} | {pm:.0f} +- {ps:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.doc)), exist_ok=True)
+    with open(args.doc, "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, "study.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    log(f"wrote {args.doc} and {os.path.join(args.out, 'study.json')}")
+
+
+if __name__ == "__main__":
+    main()
