@@ -164,10 +164,18 @@ int main(int argc, char** argv) {
                          " (a model folder holds model.yaml and model.safetensors)");
     pal::models::PalModel model = pal::models::load_pal_model(a.model, load);
     a.options.manifest = a.manifest;
+    // A counter rewritten in place on a terminal; a line every 100 examples in a log.
+    const bool tty = isatty(fileno(stderr)) != 0;
+    int64_t last_line = 0;
     const pal::analyze::AnalysisReport report =
         pal::analyze::analyze_manifest(*model, a.model, a.options, [&](int64_t n) {
-          std::fprintf(stderr, "\rpal-analyze: %lld examples", static_cast<long long>(n));
-          progress_shown = true;
+          if (tty) {
+            std::fprintf(stderr, "\rpal-analyze: %lld examples", static_cast<long long>(n));
+            progress_shown = true;
+          } else if (n - last_line >= 100) {
+            std::fprintf(stderr, "pal-analyze: %lld examples\n", static_cast<long long>(n));
+            last_line = n;
+          }
         });
     if (progress_shown) std::fprintf(stderr, "\n");
     progress_shown = false;

@@ -228,11 +228,21 @@ void Trainer::State::select_trainable() {
                        (group == "encoders" && random_encoder(name));
     if (train || fresh || config.checkpoint.full_model) saved.insert(name);
   }
-  for (size_t i = 0; i < config.trainable.size(); ++i)
+  static const std::set<std::string> kGroups = {"encoders", "ensemble",   "projector",
+                                                "probe_adapters", "lora", "llm"};
+  for (size_t i = 0; i < config.trainable.size(); ++i) {
+    // A group this model does not have (probe_adapters in prefix mode, lora at rank 0):
+    // one set of stage files serves every fusion mode.
+    if (!matched[i] && kGroups.count(config.trainable[i])) {
+      log_info("[", config.name, "] trainable: this model has no '", config.trainable[i],
+               "' parameters (fusion mode ", config::enum_name(config.model.fusion.mode), ")");
+      continue;
+    }
     if (!matched[i])
       throw ConfigError("trainable: '" + config.trainable[i] +
                         "' matches no parameter (groups: encoders, ensemble, projector, probe_adapters, lora, llm; "
                         "or a glob over names such as 'decoder.llm.model.layers.*.self_attn.*')");
+  }
   if (trainable.empty()) throw ConfigError("trainable: no parameter is trainable");
 }
 

@@ -134,6 +134,17 @@ TEST(Trainer, ConfigMistakesAreNamed) {
       [&] { Trainer(tiny_stage("stage1_align.yaml", dir / "o", {"trainable=[projector, 'decoder.nothing.*']"})).run(); });
   EXPECT_NE(msg.find("decoder.nothing.*"), std::string::npos) << msg;
 
+  // A group the model lacks (prefix mode has no probe adapters) is skipped, so one stage
+  // file serves every fusion mode; when nothing else is left to train it is an error.
+  EXPECT_NO_THROW(Trainer(tiny_stage("stage1_align.yaml", dir / "prefix",
+                                     {"model.fusion.mode=prefix", "steps=1", "checkpoint.every=0"}))
+                      .run());
+  msg = test::error_message<ConfigError>([&] {
+    Trainer(tiny_stage("stage1_align.yaml", dir / "o", {"model.fusion.mode=prefix", "trainable=[probe_adapters]"}))
+        .run();
+  });
+  EXPECT_NE(msg.find("no parameter is trainable"), std::string::npos) << msg;
+
   msg = test::error_message<ConfigError>(
       [&] { Trainer(tiny_stage("stage1_align.yaml", dir / "o", {"precision.amp=bf16", "device=cpu"})).run(); });
   EXPECT_NE(msg.find("precision.amp"), std::string::npos) << msg;
