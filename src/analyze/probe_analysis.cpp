@@ -8,6 +8,7 @@
 #include <set>
 
 #include "pal/core/error.h"
+#include "pal/models/audio_batch.h"
 
 namespace pal::analyze {
 namespace {
@@ -97,18 +98,6 @@ Prepared prepare(FusionDecoderImpl& decoder, const std::vector<AnalysisExample>&
   return p;
 }
 
-models::AudioTokens stack_route(const std::vector<const models::AudioTokens*>& parts) {
-  int64_t longest = 0;
-  for (const auto* p : parts) longest = std::max(longest, p->tokens.size(1));
-  std::vector<torch::Tensor> tokens, masks;
-  for (const auto* p : parts) {
-    const int64_t extra = longest - p->tokens.size(1);
-    tokens.push_back(torch::constant_pad_nd(p->tokens, {0, 0, 0, extra}));
-    masks.push_back(torch::constant_pad_nd(p->mask.to(torch::kBool), {0, extra}, 0));
-  }
-  return {torch::cat(tokens, 0), torch::cat(masks, 0)};
-}
-
 std::vector<std::vector<double>> zeros(int64_t rows, int64_t cols) {
   return std::vector<std::vector<double>>(static_cast<size_t>(rows),
                                           std::vector<double>(static_cast<size_t>(cols)));
@@ -127,7 +116,7 @@ models::EnsembleOutput stack_audio(const std::vector<const models::EnsembleOutpu
     if (parts.empty()) continue;
     if (parts.size() != audio.size())
       throw ModelError("analysis: the examples of a batch have audio of different routes");
-    (prefix ? out.prefix : out.probe) = stack_route(parts);
+    (prefix ? out.prefix : out.probe) = models::stack_audio_tokens(parts);
   }
   return out;
 }

@@ -15,6 +15,7 @@
 #include "pal/core/config.h"
 #include "pal/core/error.h"
 #include "pal/core/runtime.h"
+#include "pal/models/audio_batch.h"
 #include "pal/models/pal_checkpoint.h"
 #include "pal/text/prompt.h"
 #include "pal/text/tokenizer.h"
@@ -44,19 +45,6 @@ std::string seconds_text(double s) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f s", s);
   return buf;
-}
-
-// The batch's audio: each clip's tokens of a route, padded to the longest and masked.
-models::AudioTokens stack_route(const std::vector<const models::AudioTokens*>& parts) {
-  int64_t longest = 0;
-  for (const auto* p : parts) longest = std::max(longest, p->tokens.size(1));
-  std::vector<torch::Tensor> tokens, masks;
-  for (const auto* p : parts) {
-    const int64_t extra = longest - p->tokens.size(1);
-    tokens.push_back(torch::constant_pad_nd(p->tokens, {0, 0, 0, extra}));
-    masks.push_back(torch::constant_pad_nd(p->mask, {0, extra}, 0));
-  }
-  return {torch::cat(tokens, 0), torch::cat(masks, 0)};
 }
 
 const char* dtype_name(models::ModelDtype d) {
@@ -350,9 +338,11 @@ std::vector<double> Pipeline::score(const Audio& audio, const std::string& quest
     if (with_audio) {
       const models::EnsembleOutput& tokens = audio.encoded().tokens;
       if (!tokens.prefix.empty())
-        batch_audio.prefix = stack_route(std::vector<const models::AudioTokens*>(n, &tokens.prefix));
+        batch_audio.prefix =
+            models::stack_audio_tokens(std::vector<const models::AudioTokens*>(n, &tokens.prefix));
       if (!tokens.probe.empty())
-        batch_audio.probe = stack_route(std::vector<const models::AudioTokens*>(n, &tokens.probe));
+        batch_audio.probe =
+            models::stack_audio_tokens(std::vector<const models::AudioTokens*>(n, &tokens.probe));
     }
     models::FusionOutput out =
         s.model->decoder->forward(ids.to(device), valid.to(device), batch_audio, labels.to(device));
@@ -399,7 +389,7 @@ std::vector<Answer> Pipeline::State::generate(const std::vector<Question>& quest
       }
       if (parts.empty()) continue;
       if (parts.size() != n) throw ModelError("ask_batch: clips encoded by different models in one batch");
-      (prefix ? audio.prefix : audio.probe) = stack_route(parts);
+      (prefix ? audio.prefix : audio.probe) = models::stack_audio_tokens(parts);
     }
   }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "pal/core/error.h"
+#include "pal/models/audio_batch.h"
 
 namespace pal::models {
 namespace {
@@ -209,5 +210,18 @@ AudioTokens EncoderEnsembleImpl::fuse(AudioRoute route, std::vector<AudioTokens>
   }
   return {};
 }
+
+AudioTokens stack_audio_tokens(const std::vector<const AudioTokens*>& clips) {
+  int64_t longest = 0;
+  for (const auto* c : clips) longest = std::max(longest, c->tokens.size(1));
+  std::vector<torch::Tensor> tokens, masks;
+  for (const auto* c : clips) {
+    const int64_t extra = longest - c->tokens.size(1);
+    tokens.push_back(torch::constant_pad_nd(c->tokens, {0, 0, 0, extra}));
+    masks.push_back(torch::constant_pad_nd(c->mask.to(torch::kBool), {0, extra}, 0));
+  }
+  return {torch::cat(tokens, 0), torch::cat(masks, 0)};
+}
+
 
 }  // namespace pal::models
