@@ -14,7 +14,14 @@ struct ThreadOptions {
   int inter_op = 0;  // inter-op threads; 0 = leave LibTorch's default
 };
 
-// Applies `options` to LibTorch. The inter-op count can only be set once per process,
+// Keeps memory freed by LibTorch's CPU tensors in the process (glibc malloc: mmap threshold
+// 32 MiB, trim threshold 1 GiB) instead of returning it to the kernel after every step,
+// which costs a page fault and a zeroed page per 4 KiB when the next step allocates again.
+// Called by configure_threads(); once per process; PAL_MALLOC_DEFAULTS=1 in the
+// environment leaves malloc as it is.
+void configure_cpu_allocator();
+
+// Applies `options` to LibTorch (and calls configure_cpu_allocator()). The inter-op count can only be set once per process,
 // before any parallel work; a second attempt is ignored with a warning. Throws
 // pal::ConfigError on negative counts.
 void configure_threads(const ThreadOptions& options);
