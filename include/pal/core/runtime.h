@@ -17,8 +17,12 @@ struct ThreadOptions {
 // Keeps memory freed by LibTorch's CPU tensors in the process (glibc malloc: mmap threshold
 // 32 MiB, trim threshold 1 GiB) instead of returning it to the kernel after every step,
 // which costs a page fault and a zeroed page per 4 KiB when the next step allocates again.
-// Called by configure_threads(); once per process; PAL_MALLOC_DEFAULTS=1 in the
-// environment leaves malloc as it is.
+// Called by configure_threads(); once per process. Leaves malloc as it is when the
+// environment sets PAL_MALLOC_DEFAULTS=1 or any glibc malloc setting of its own
+// (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_, GLIBC_TUNABLES with
+// glibc.malloc.*). glibc's mallopt() caps the mmap threshold at 32 MiB; the environment
+// can set it higher (MALLOC_MMAP_THRESHOLD_=1000000000), which keeps even the largest
+// activations in the heap.
 void configure_cpu_allocator();
 
 // Applies `options` to LibTorch (and calls configure_cpu_allocator()). The inter-op count can only be set once per process,
