@@ -1,0 +1,49 @@
+#include "pal/core/runtime.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <vector>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+#define PAL_MALLOC_REPLACED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PAL_MALLOC_REPLACED 1
+#endif
+#endif
+
+// After configure_cpu_allocator(), 200 MiB of 1 MiB blocks freed together stay in the
+// process as free heap memory; glibc's defaults serve such blocks with mmap or trim the
+// heap top above at most 64 MiB, so the free heap memory would not hold them.
+TEST(CpuAllocator, FreedBlocksStayInTheHeap) {
+#if !defined(__GLIBC__) || defined(PAL_MALLOC_REPLACED)
+  GTEST_SKIP() << "needs glibc's own malloc (not replaced by a sanitizer)";
+#else
+  const char* defaults = std::getenv("PAL_MALLOC_DEFAULTS");
+  if (defaults != nullptr && std::string(defaults) == "1") GTEST_SKIP() << "PAL_MALLOC_DEFAULTS=1";
+  for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES"})
+    if (std::getenv(name) != nullptr) GTEST_SKIP() << name << " is set: PAL leaves malloc alone";
+  pal::configure_cpu_allocator();
+  constexpr size_t kBlock = size_t{1} << 20, kBlocks = 200;
+  std::vector<char*> blocks;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    blocks.push_back(static_cast<char*>(std::malloc(kBlock)));
+    ASSERT_NE(blocks.back(), nullptr);
+    blocks.back()[0] = 1;
+  }
+  const struct mallinfo2 held = mallinfo2();
+  EXPECT_EQ(held.hblks, mallinfo2().hblks);
+  for (char* b : blocks) std::free(b);
+  const struct mallinfo2 after = mallinfo2();
+  EXPECT_GE(after.fordblks, kBlocks * kBlock) << "freed heap memory was returned to the kernel";
+#endif
+}
+
+}  // namespace
