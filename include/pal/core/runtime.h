@@ -25,9 +25,9 @@ struct ThreadOptions {
 // activations in the heap.
 void configure_cpu_allocator();
 
-// Applies `options` to LibTorch (and calls configure_cpu_allocator()). The inter-op count can only be set once per process,
-// before any parallel work; a second attempt is ignored with a warning. Throws
-// pal::ConfigError on negative counts.
+// Applies `options` to LibTorch (and calls configure_cpu_allocator()). The inter-op count
+// can only be set once per process, before any parallel work; a second attempt is ignored
+// with a warning. Throws pal::ConfigError on negative counts.
 void configure_threads(const ThreadOptions& options);
 
 // Number of cores this process may run on (sched affinity, at least 1).
