@@ -104,8 +104,8 @@ class Model(torch.nn.Module):
         self.encoder = Encoder(stem_init)
         self.stream_norm = torch.nn.LayerNorm(WIDTH)
         self.stream_proj = torch.nn.Linear(WIDTH, WIDTH)
+        # PAL's ensemble projection and MLP projector keep LibTorch's default initialisation
         self.mlp = torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.GELU(), torch.nn.Linear(WIDTH, WIDTH))
-        hf_init(self.mlp)
         self.head = torch.nn.Linear(WIDTH, classes)
         self.embed = torch.nn.Embedding(self.QUESTION + classes, WIDTH)
         torch.nn.init.normal_(self.embed.weight, 0.0, 0.02)
