@@ -37,16 +37,19 @@ int available_cores() {
   return n > 0 ? static_cast<int>(n) : 1;
 }
 
+bool malloc_left_to_environment() {
+  const char* env = std::getenv("PAL_MALLOC_DEFAULTS");
+  if (env != nullptr && std::string(env) == "1") return true;
+  for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"})
+    if (std::getenv(name) != nullptr) return true;
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  return tunables != nullptr && std::string(tunables).find("glibc.malloc.") != std::string::npos;
+}
+
 void configure_cpu_allocator() {
   static std::once_flag once;
   std::call_once(once, [] {
-    const char* env = std::getenv("PAL_MALLOC_DEFAULTS");
-    if (env != nullptr && std::string(env) == "1") return;
-    // The user's own malloc settings win.
-    for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"})
-      if (std::getenv(name) != nullptr) return;
-    const char* tunables = std::getenv("GLIBC_TUNABLES");
-    if (tunables != nullptr && std::string(tunables).find("glibc.malloc.") != std::string::npos) return;
+    if (malloc_left_to_environment()) return;  // the user's own malloc settings win
 #if defined(__GLIBC__)
     // glibc returns every freed block above its (dynamic) mmap threshold, and the top of the
     // heap above 128 KiB, to the kernel; the next step's tensors of the same sizes then fault

@@ -27,10 +27,7 @@ TEST(CpuAllocator, FreedBlocksStayInTheHeap) {
 #if !defined(__GLIBC__) || defined(PAL_MALLOC_REPLACED)
   GTEST_SKIP() << "needs glibc's own malloc (not replaced by a sanitizer)";
 #else
-  const char* defaults = std::getenv("PAL_MALLOC_DEFAULTS");
-  if (defaults != nullptr && std::string(defaults) == "1") GTEST_SKIP() << "PAL_MALLOC_DEFAULTS=1";
-  for (const char* name : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES"})
-    if (std::getenv(name) != nullptr) GTEST_SKIP() << name << " is set: PAL leaves malloc alone";
+  if (pal::malloc_left_to_environment()) GTEST_SKIP() << "the environment sets malloc: PAL leaves it alone";
   pal::configure_cpu_allocator();
   constexpr size_t kBlock = size_t{1} << 20, kBlocks = 200;
   const size_t mapped_before = mallinfo2().hblks;

@@ -25,6 +25,9 @@ struct ThreadOptions {
 // activations in the heap.
 void configure_cpu_allocator();
 
+// True when the environment asks configure_cpu_allocator() to leave malloc alone (above).
+bool malloc_left_to_environment();
+
 // Applies `options` to LibTorch (and calls configure_cpu_allocator()). The inter-op count
 // can only be set once per process, before any parallel work; a second attempt is ignored
 // with a warning. Throws pal::ConfigError on negative counts.
