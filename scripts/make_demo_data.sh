@@ -12,10 +12,12 @@
 #   sonic-pi-samples      165 CC0 samples (44.1 kHz FLAC); the class is the name prefix
 #   pocketsphinx-testdata 14 read-speech clips (4 raw 16 kHz PCM), transcripts in
 #       cards.transcription, librivox/transcription and the pocketsphinx tests
-#   espeak-ng             digits, command words and short phrases ("press five"), 8 male and
-#       8 female voice variants, 5 English accents, random speed and pitch
-#   sox                   beeps to count, rising / falling tones, which-tone-is-louder,
-#       sample variants (speed, gain, reverb) and speech-over-sound mixtures
+#   espeak-ng             digits (40 utterances each), command words (30 each) and short phrases
+#       ("press five"), 14 male and 14 female voice variants x 8 English accents: every
+#       utterance of one text has its own accent + variant, and a random speed and pitch
+#   sox                   beeps to count (80 clips per count), rising / falling tones and
+#       which-tone-is-louder (200 clips per answer), sample variants (speed, gain, reverb)
+#       and speech-over-sound mixtures
 #   sentencepiece         spm_train: the demo LLM's tokenizer, trained on the demo's text
 #
 # Output folder (default data/demo of the repository; its clips/ and the files below are
@@ -26,6 +28,8 @@
 #                         "sources": [...]}; paths relative to the manifest. Split by source
 #                        clip: a source and everything derived from it (speed/gain variants,
 #                        the mixtures it is in) lie in one split.
+#   train_spoken.jsonl   the train records of the tasks about what is said (digit, word): an
+#                        extra share of the encoders' pre-training (configs/demo/stage0_encoders.yaml)
 #   text.jsonl           text-only records {"instruction", "output", "task": "text"}
 #   tokenizer.model tokenizer.vocab
 #                        sentencepiece BPE, byte fallback; unk 0, bos <s> 1, eos </s> 2,
@@ -265,21 +269,31 @@ for f, c, d in sonic:
         clip(name, [sox_cmd([os.path.join(SONIC, f)], name, eff)], [sid], "sonic", cls=c)
 
 # espeak-ng: digits and command words
-MALE = ["", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7"]
-FEMALE = ["+f1", "+f2", "+f3", "+f4", "+f5", "+linda", "+steph", "+Annie"]
-ACCENTS = ["en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029"]
+# (variants whose espeak-ng voice file says male / female and whose pitch fits it; not the
+# robot, whisper or cartoon ones)
+MALE = ["", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7",
+        "+m8", "+Mike", "+john", "+robert", "+Michael", "+Gene"]
+FEMALE = ["+f1", "+f2", "+f3", "+f4", "+f5", "+linda", "+steph", "+Annie",
+          "+belinda", "+aunty", "+Andrea", "+Alicia", "+steph2", "+anika"]
+ACCENTS = ["en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029",
+           "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
 seen = set()
 
 
 def espeak_set(texts, per_text, task, group=lambda text: text):
     groups = collections.defaultdict(list)
     made = []
+    voices = {g: [a + v for a in ACCENTS for v in vs] for g, vs in (("male", MALE), ("female", FEMALE))}
     for text in texts:
+        # the utterances of one text are said by distinct voices (accent + variant, drawn
+        # without replacement), so that a test utterance of a text never has its voice in a
+        # train utterance of the same text (112 voices per gender: per_text <= 224)
+        deck = {g: rng.sample(v, len(v)) for g, v in voices.items()}
         for k in range(per_text):
             gender = "male" if k % 2 == 0 else "female"
+            voice = deck[gender][k // 2]
             while True:
-                params = (rng.choice(ACCENTS) + rng.choice(MALE if gender == "male" else FEMALE),
-                          rng.randint(130, 200), rng.randint(30, 70), text)
+                params = (voice, rng.randint(120, 210), rng.randint(25, 75), text)
                 if params not in seen:  # identical parameters give identical audio
                     seen.add(params)
                     break
@@ -297,8 +311,8 @@ def espeak_set(texts, per_text, task, group=lambda text: text):
         clip(name, cmds, [sid], "espeak", text=text, gender=gender, task=task)
 
 
-espeak_set(NUM, 20, "digit")
-espeak_set(WORDS, 12, "word")
+espeak_set(NUM, 40, "digit")
+espeak_set(WORDS, 30, "word")
 # short phrases for the open "transcribe" task: each phrase is said by several voices, and
 # the phrases are split by template, so that test phrases were heard (in other voices) in train
 PHRASES = (["press " + d for d in NUM] + ["turn " + w for w in ("left", "right", "up", "down")] +
@@ -407,14 +421,14 @@ def pipe(effects):
 tone_groups = collections.defaultdict(list)
 tone_specs = []
 for n in range(1, 6):
-    for k in range(50):
-        tone_specs.append(("beeps", "%d_%02d" % (n, k), n))
+    for k in range(80):
+        tone_specs.append(("beeps", "%d_%03d" % (n, k), n))
 for label in ("rising", "falling"):
-    for k in range(60):
-        tone_specs.append(("pitch", "%s_%02d" % (label, k), label))
+    for k in range(200):
+        tone_specs.append(("pitch", "%s_%03d" % (label, k), label))
 for label in ("first", "second"):
-    for k in range(60):
-        tone_specs.append(("louder", "%s_%02d" % (label, k), label))
+    for k in range(200):
+        tone_specs.append(("louder", "%s_%03d" % (label, k), label))
 for task, tag, label in tone_specs:
     tone_groups[task + str(label)].append("tone/%s_%s" % (task, tag))
 assign(tone_groups)
@@ -654,6 +668,7 @@ def write_jsonl(path, rows):
 
 for s in SPLITS:
     write_jsonl(os.path.join(OUT, s + ".jsonl"), records[s])
+write_jsonl(os.path.join(OUT, "train_spoken.jsonl"), [r for r in records["train"] if r["task"] in ("digit", "word")])
 
 # ---- text-only corpus -----------------------------------------------------------------------
 text = []

@@ -11,7 +11,7 @@ same data with the same seeds; only the fusion design or the encoder set changes
   probe-whisper   probe with the Whisper-type encoder alone
   probe-ast       probe with the AST-type encoder alone
 
-For each variant and seed: pal-train (the four stages), then pal-eval on the test split.
+For each variant and seed: pal-train (the five stages), then pal-eval on the test split.
 The report (Markdown, also printed) gives mean +- std over seeds per task and metric, the
 relative change against prefix, the training step time (mean over the audio stages'
 steps) and the peak resident memory of the training process.

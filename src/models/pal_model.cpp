@@ -95,6 +95,11 @@ PalModelImpl::PalModelImpl(const PalModelConfig& config, const std::filesystem::
 }
 
 EnsembleOutput PalModelImpl::encode_audio(const torch::Tensor& waveforms, const torch::Tensor& lengths) {
+  EnsembleOutput audio = encode_ensemble(waveforms, lengths);
+  return {project(*projector, audio.prefix), project(*projector, audio.probe)};
+}
+
+EnsembleOutput PalModelImpl::encode_ensemble(const torch::Tensor& waveforms, const torch::Tensor& lengths) {
   std::vector<EncoderOutput> outputs;
   for (const auto& module : *encoders) {
     auto* encoder = dynamic_cast<AudioEncoder*>(module.get());
@@ -108,8 +113,7 @@ EnsembleOutput PalModelImpl::encode_audio(const torch::Tensor& waveforms, const 
       outputs.push_back(encoder->encode(waveforms, lengths));
     }
   }
-  EnsembleOutput audio = ensemble->forward(outputs);
-  return {project(*projector, audio.prefix), project(*projector, audio.probe)};
+  return ensemble->forward(outputs);
 }
 
 FusionOutput PalModelImpl::forward(const torch::Tensor& waveforms, const torch::Tensor& lengths,

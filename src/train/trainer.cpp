@@ -10,12 +10,14 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
 #include "../core/log.h"
 #include "autocast.h"
+#include "classifier.h"
 #include "pal/core/atomic_file.h"
 #include "pal/core/error.h"
 #include "pal/core/runtime.h"
@@ -160,14 +162,29 @@ struct Trainer::State {
   ProcessGroup* group = nullptr;  // multi-process runs
   std::unique_ptr<GradientBuckets> buckets;
   int64_t saves = 0;              // store keys of the cursor exchange
+  std::unique_ptr<internal::AnswerClassifier> classifier;  // objective: classify
+
+  struct BatchLoss {
+    torch::Tensor loss;
+    int64_t text_tokens = 0;
+    int64_t correct = 0, classified = 0;  // objective: classify
+    std::vector<int64_t> correct_by_task, classified_by_task;
+  };
 
   void build_model();
   void select_trainable();
+  void build_classifier();
+  BatchLoss batch_loss(const data::Batch& batch);
   void load_init_from();
   bool resume();
   void save(const std::string& name);
   void write_checkpoint(const std::string& name);
-  double evaluate();
+  struct EvalResult {
+    double loss = std::nan("");
+    double accuracy = std::nan("");  // objective: classify
+    std::map<std::string, double> accuracy_by_task;
+  };
+  EvalResult evaluate();
   void append_metrics(const nlohmann::json& line) const;
   void truncate_metrics(int64_t step) const;
   int64_t total_steps() const;
@@ -246,6 +263,48 @@ void Trainer::State::select_trainable() {
   if (trainable.empty()) throw ConfigError("trainable: no parameter is trainable");
 }
 
+void Trainer::State::build_classifier() {
+  if (config.objective != Objective::classify) return;
+  for (const auto& p : trainable) {
+    const std::string group = models::PalModelImpl::parameter_group(p.name);
+    if (group != "encoders" && group != "ensemble")
+      throw ConfigError("trainable: '" + p.name + "' (group '" + group +
+                        "') gets no gradient with objective: classify, which reads the ensemble's output; "
+                        "train only encoders and ensemble in this stage");
+  }
+  internal::AnswerClasses classes = internal::AnswerClasses::from_manifests(config.data.train, config.classify);
+  std::string open;
+  for (const auto& t : classes.open_tasks) open += (open.empty() ? "" : ", ") + t;
+  log_info("[", config.name, "] objective classify: ", classes.classes.size(), " classes over ", classes.tasks().size(),
+           " task(s)", open.empty() ? std::string() : "; open tasks skipped: " + open);
+  classifier = std::make_unique<internal::AnswerClassifier>(std::move(classes), config.model.ensemble.width);
+  classifier->to(device);
+  for (auto& p : classifier->parameters()) trainable.push_back(p);
+}
+
+Trainer::State::BatchLoss Trainer::State::batch_loss(const data::Batch& batch) {
+  BatchLoss r;
+  const bool amp = config.precision.amp != AmpMode::off;
+  CudaAutocastGuard autocast(amp, config.precision.amp == AmpMode::fp16 ? at::kHalf : at::kBFloat16);
+  if (classifier) {
+    internal::AnswerClassifier::Result c = classifier->forward(*model, batch, device);
+    r.loss = c.loss;
+    r.correct = c.correct;
+    r.classified = c.classified;
+    r.correct_by_task = std::move(c.correct_by_task);
+    r.classified_by_task = std::move(c.classified_by_task);
+    return r;
+  }
+  Collated c = collate(batch, *model->prompts());
+  models::FusionOutput out =
+      c.with_audio ? model->forward(batch.waveforms.to(device), batch.lengths.to(device), c.ids.to(device),
+                                    c.valid.to(device), c.labels.to(device))
+                   : model->decoder->forward(c.ids.to(device), c.valid.to(device), {}, c.labels.to(device));
+  r.loss = out.loss;
+  r.text_tokens = c.text_tokens;
+  return r;
+}
+
 void Trainer::State::load_init_from() {
   if (config.init_from.empty()) return;
   const fs::path folder(config.init_from);
@@ -308,6 +367,7 @@ bool Trainer::State::resume() {
                       "use another output_dir, or delete it to start over");
   models::load_pal_weights(*model, folder / models::kModelWeightsFile);
   for (const auto& name : progress.saved_parameters) saved.insert(name);
+  if (classifier) classifier->load(folder);
   optimizer->load_state(io::SafetensorsFile::open(folder / "optimizer.safetensors"));
   if (scaler) scaler->restore(progress.loss_scale, progress.scaler_good_steps, progress.skipped_steps);
   restore_rng_state(folder / "rng.safetensors");
@@ -351,12 +411,13 @@ void Trainer::State::write_checkpoint(const std::string& name) {
     io::save_safetensors(tmp / "optimizer.safetensors", optimizer->state());
     io::save_safetensors(tmp / "rng.safetensors", rng_state());
     write_file_atomic(tmp / "trainer_state.json", to_json(progress));
+    if (classifier) classifier->save(tmp);
   });
   if (name != "final") prune_checkpoints(output_dir, config.checkpoint.keep);
 }
 
-double Trainer::State::evaluate() {
-  if (config.data.eval.empty()) return std::nan("");
+Trainer::State::EvalResult Trainer::State::evaluate() {
+  if (config.data.eval.empty()) return {};
   data::LoaderOptions lo;
   lo.batch_size = config.batch_size;
   lo.seed = config.seed;
@@ -368,31 +429,46 @@ double Trainer::State::evaluate() {
   torch::NoGradGuard no_grad;
   model->eval();
   double total = 0;
-  int64_t batches = 0;
-  const bool amp = config.precision.amp != AmpMode::off;
-  const auto amp_dtype = config.precision.amp == AmpMode::fp16 ? at::kHalf : at::kBFloat16;
+  int64_t batches = 0, correct = 0, classified = 0;
+  const std::vector<std::string> tasks = classifier ? classifier->classes().tasks() : std::vector<std::string>{};
+  std::vector<double> by_task(2 * tasks.size(), 0.0);  // correct, then classified, per task
   while (config.eval.batches == 0 || batches < config.eval.batches) {
     auto batch = loader.next();
     if (!batch) break;
-    Collated c = collate(*batch, *model->prompts());
-    CudaAutocastGuard autocast(amp, amp_dtype);
-    models::FusionOutput out =
-        c.with_audio ? model->forward(batch->waveforms.to(device), batch->lengths.to(device), c.ids.to(device),
-                                      c.valid.to(device), c.labels.to(device))
-                     : model->decoder->forward(c.ids.to(device), c.valid.to(device), {}, c.labels.to(device));
-    total += out.loss.item<double>();
-    ++batches;
+    const BatchLoss b = batch_loss(*batch);
+    // A classify batch without a closed-task example has no loss to average.
+    if (!classifier || b.classified > 0) {
+      total += b.loss.item<double>();
+      ++batches;
+    }
+    correct += b.correct;
+    classified += b.classified;
+    for (size_t t = 0; t < b.correct_by_task.size(); ++t) {
+      by_task[t] += static_cast<double>(b.correct_by_task[t]);
+      by_task[tasks.size() + t] += static_cast<double>(b.classified_by_task[t]);
+    }
   }
   model->train();
   if (group) {
     // The mean over every rank's eval batches (each rank reads its shard).
-    std::vector<at::Tensor> sums = {torch::tensor({total, static_cast<double>(batches)}, torch::kFloat64).to(device)};
+    std::vector<double> values = {total, static_cast<double>(batches), static_cast<double>(correct),
+                                  static_cast<double>(classified)};
+    values.insert(values.end(), by_task.begin(), by_task.end());
+    std::vector<at::Tensor> sums = {torch::tensor(values, torch::kFloat64).to(device)};
     group->all_reduce_sum(sums, "eval loss");
     const at::Tensor cpu = sums[0].cpu();
     total = cpu[0].item<double>();
     batches = static_cast<int64_t>(cpu[1].item<double>());
+    correct = static_cast<int64_t>(cpu[2].item<double>());
+    classified = static_cast<int64_t>(cpu[3].item<double>());
+    for (size_t i = 0; i < by_task.size(); ++i) by_task[i] = cpu[static_cast<int64_t>(4 + i)].item<double>();
   }
-  return batches > 0 ? total / static_cast<double>(batches) : std::nan("");
+  EvalResult r;
+  if (batches > 0) r.loss = total / static_cast<double>(batches);
+  if (classified > 0) r.accuracy = static_cast<double>(correct) / static_cast<double>(classified);
+  for (size_t t = 0; t < tasks.size(); ++t)
+    if (by_task[tasks.size() + t] > 0) r.accuracy_by_task[tasks[t]] = by_task[t] / by_task[tasks.size() + t];
+  return r;
 }
 
 TrainResult Trainer::run() {
@@ -431,6 +507,7 @@ TrainResult Trainer::run() {
       if (p.value().requires_grad()) moved.push_back({p.key(), p.value()});
     s.trainable = std::move(moved);
   }
+  s.build_classifier();
   AdamW::Options ao;
   ao.weight_decay = cfg.optim.weight_decay;
   ao.beta1 = cfg.optim.betas[0];
@@ -463,6 +540,8 @@ TrainResult Trainer::run() {
     for (const auto& p : s.model->parameters()) state.push_back(p);
     for (const auto& b : s.model->buffers())
       if (b.is_floating_point()) state.push_back(b);  // (masks and indices follow from the config)
+    if (s.classifier)
+      for (const auto& p : s.classifier->parameters()) state.push_back(p.tensor);
     broadcast_from_rank0(*s.group, state, cfg.distributed.bucket_mb, "the model's parameters");
     std::vector<at::Tensor> grads;
     for (const auto& p : s.trainable) grads.push_back(p.tensor);
@@ -498,8 +577,6 @@ TrainResult Trainer::run() {
   data::DataLoader loader(cfg.data.train, cfg.data, "/", lo);
   if (!cursor.empty()) loader.restore(cursor);
 
-  const bool amp = cfg.precision.amp != AmpMode::off;
-  const auto amp_dtype = cfg.precision.amp == AmpMode::fp16 ? at::kHalf : at::kBFloat16;
   ProgressBar bar(cfg.name, s.progress.total_steps, s.options.progress_bar && s.options.rank == 0);
   // No BlasThreadingGuard here (unlike decoding): a training step also spends much time in
   // element-wise and reduction kernels, which need LibTorch's own threads; measured with
@@ -510,6 +587,7 @@ TrainResult Trainer::run() {
   auto window_start = std::chrono::steady_clock::now();
   int64_t window_tokens = 0, window_steps = 0;
   double window_audio = 0, window_loss = 0;
+  int64_t window_correct = 0, window_classified = 0;  // objective: classify
   int64_t steps_this_call = 0;
   std::string cursor_before_step = s.progress.data_cursor;
 
@@ -519,6 +597,7 @@ TrainResult Trainer::run() {
     double step_audio = 0;
     std::string first_source;
     double data_seconds = 0, compute_seconds = 0;
+    int64_t step_correct = 0, step_classified = 0;
     for (int64_t micro = 0; micro < cfg.grad_accum; ++micro) {
       const auto wait_start = std::chrono::steady_clock::now();
       auto batch = loader.next();
@@ -526,15 +605,7 @@ TrainResult Trainer::run() {
       const auto compute_start = std::chrono::steady_clock::now();
       if (!batch) throw TrainError("the training data ended (repeat is on: this is a bug)");
       if (micro == 0) first_source = batch->examples.front().source;
-      Collated c = collate(*batch, *s.model->prompts());
-      models::FusionOutput out;
-      {
-        CudaAutocastGuard autocast(amp, amp_dtype);
-        out = c.with_audio ? s.model->forward(batch->waveforms.to(s.device), batch->lengths.to(s.device),
-                                              c.ids.to(s.device), c.valid.to(s.device), c.labels.to(s.device))
-                           : s.model->decoder->forward(c.ids.to(s.device), c.valid.to(s.device), {},
-                                                       c.labels.to(s.device));
-      }
+      State::BatchLoss out = s.batch_loss(*batch);
       const double loss = out.loss.item<double>();
       if (!std::isfinite(loss) && !s.scaler && !s.group) {
         s.progress.data_cursor = cursor_before_step;
@@ -552,7 +623,9 @@ TrainResult Trainer::run() {
       if (s.scaler) scaled = scaled * s.scaler->scale();
       scaled.backward();
       step_loss += loss / static_cast<double>(cfg.grad_accum);
-      step_tokens += c.text_tokens;
+      step_tokens += out.text_tokens;
+      step_correct += out.correct;
+      step_classified += out.classified;
       step_audio += static_cast<double>(batch->lengths.sum().item<int64_t>()) / 16000.0;
       s.progress.epoch = batch->epoch;
       s.progress.data_cursor = batch->cursor;
@@ -647,6 +720,8 @@ TrainResult Trainer::run() {
     window_tokens += step_tokens;
     window_audio += step_audio;
     window_loss += step_loss;
+    window_correct += step_correct;
+    window_classified += step_classified;
     ++window_steps;
     const double window_seconds = std::max(1e-9, seconds_since(window_start));
     StepMetrics m;
@@ -679,19 +754,33 @@ TrainResult Trainer::run() {
                              {"elapsed_s", m.elapsed_seconds},
                              {"epoch", s.progress.epoch},
                              {"skipped_steps", s.scaler ? s.scaler->skipped_steps() : 0}};
+      std::string accuracy;
+      if (s.classifier && window_classified > 0) {
+        line["accuracy"] = static_cast<double>(window_correct) / static_cast<double>(window_classified);
+        accuracy = " accuracy " + std::to_string(line["accuracy"].get<double>());
+      }
       s.append_metrics(line);
       if (!bar.active())
-        log_info("[", cfg.name, "] step ", m.step, "/", m.total_steps, " loss ", line["loss"].get<double>(), " lr ",
-                 lr, " ", static_cast<int64_t>(m.tokens_per_second), " tok/s");
+        log_info("[", cfg.name, "] step ", m.step, "/", m.total_steps, " loss ", line["loss"].get<double>(), accuracy,
+                 " lr ", lr, " ", static_cast<int64_t>(m.tokens_per_second), " tok/s");
       window_start = std::chrono::steady_clock::now();
       window_tokens = window_steps = 0;
       window_audio = window_loss = 0;
+      window_correct = window_classified = 0;
     }
     if ((cfg.eval.every > 0 && s.progress.step % cfg.eval.every == 0) || last) {
-      const double eval_loss = s.evaluate();
-      if (std::isfinite(eval_loss)) {
-        s.append_metrics({{"type", "eval"}, {"stage", cfg.name}, {"step", s.progress.step}, {"eval_loss", eval_loss}});
-        bar.note("eval loss " + std::to_string(eval_loss));
+      const State::EvalResult eval = s.evaluate();
+      if (std::isfinite(eval.loss)) {
+        nlohmann::json line = {{"type", "eval"}, {"stage", cfg.name}, {"step", s.progress.step}, {"eval_loss", eval.loss}};
+        std::string note = "eval loss " + std::to_string(eval.loss);
+        if (std::isfinite(eval.accuracy)) {
+          line["eval_accuracy"] = eval.accuracy;
+          line["eval_accuracy_by_task"] = eval.accuracy_by_task;
+          note += ", accuracy " + std::to_string(eval.accuracy);
+          if (!bar.active()) log_info("[", cfg.name, "] step ", s.progress.step, ": ", note);
+        }
+        s.append_metrics(line);
+        bar.note(note);
       }
     }
     if (!s.group) stop = stop || stop_requested();  // a signal during this step's update

@@ -10,6 +10,8 @@
 #include <fstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "pal/core/atomic_file.h"
 #include "pal/core/error.h"
 #include "pal/io/safetensors.h"
@@ -116,6 +118,93 @@ TEST(E2ETrainer, ResumeGivesTheLossesOfAnUninterruptedRun) {
   int train_lines = 0;
   while (std::getline(metrics, line)) train_lines += line.find("\"train\"") != std::string::npos ? 1 : 0;
   EXPECT_EQ(train_lines, 2);  // log_every 5 on 8 steps: step 5 and the last
+}
+
+// objective: classify. A linear head over the ensemble's mean learns the closed tasks'
+// answers: its loss falls, a stopped run resumes to the same losses and head, and the
+// head stays out of model.safetensors, so that the next stage starts from the model alone.
+TEST(E2ETrainer, ClassifyObjectiveTrainsTheAudioSideAndResumesExactly) {
+  test::TempDir dir;
+  // max_answers 6: cla (5 answers), closed_qa (2) and open_qa (4) are closed; caption (7) is open.
+  const std::vector<std::string> set = {"objective=classify", "trainable=[encoders, ensemble]", "classify.max_answers=6",
+                                        "data.train=[{path: " + (kConfigs / "data" / "train.jsonl").string() + "}]",
+                                        "steps=24", "optim.lr=3e-3", "checkpoint.every=0", "eval.every=0",
+                                        "data.workers=2", "data.bucket_batches=2"};
+  TrainOptions options;
+  options.progress_bar = false;
+  std::vector<double> straight, resumed;
+  options.on_step = [&](const StepMetrics& m) { straight.push_back(m.loss); };
+  ASSERT_TRUE(Trainer(tiny_stage("stage1_align.yaml", dir / "a", set), options).run().finished);
+  ASSERT_EQ(straight.size(), 24u);
+  EXPECT_LT(mean(straight, 19, 5), mean(straight, 0, 5) - 0.1) << straight.front() << " -> " << straight.back();
+
+  const auto classes = nlohmann::json::parse(read_file(dir / "a" / "final" / "classes.json"));
+  EXPECT_EQ(classes["classes"].size(), 11u);
+  EXPECT_EQ(classes["open_tasks"], nlohmann::json::array({"caption"}));
+  // The eval set (cla and closed_qa questions) is scored per task.
+  std::string eval_line;
+  for (std::ifstream in(dir / "a" / "metrics.jsonl"); std::getline(in, eval_line);)
+    if (eval_line.find("\"eval\"") != std::string::npos) break;
+  const auto eval = nlohmann::json::parse(eval_line);
+  ASSERT_TRUE(eval.contains("eval_accuracy")) << eval_line;
+  EXPECT_TRUE(eval["eval_accuracy_by_task"].contains("cla")) << eval_line;
+  EXPECT_TRUE(eval["eval_accuracy_by_task"].contains("closed_qa")) << eval_line;
+
+  options.on_step = [&](const StepMetrics& m) { resumed.push_back(m.loss); };
+  options.stop_after_steps = 5;
+  ASSERT_TRUE(Trainer(tiny_stage("stage1_align.yaml", dir / "b", set), options).run().interrupted);
+  options.stop_after_steps = 0;
+  ASSERT_TRUE(Trainer(tiny_stage("stage1_align.yaml", dir / "b", set), options).run().finished);
+  ASSERT_EQ(resumed.size(), 24u);
+  for (size_t i = 0; i < 24; ++i) EXPECT_EQ(resumed[i], straight[i]) << "step " << i + 1;
+  auto ha = io::SafetensorsFile::open(dir / "a" / "final" / "classifier.safetensors");
+  auto hb = io::SafetensorsFile::open(dir / "b" / "final" / "classifier.safetensors");
+  EXPECT_TRUE(torch::equal(ha.tensor("classifier.weight"), hb.tensor("classifier.weight")));
+
+  // Resuming with other classes (cla now has too many answers) is refused, naming the file.
+  options.stop_after_steps = 2;
+  ASSERT_TRUE(Trainer(tiny_stage("stage1_align.yaml", dir / "c", set), options).run().interrupted);
+  std::vector<std::string> fewer = set;
+  fewer.push_back("classify.max_answers=4");
+  std::string msg = test::error_message<TrainError>([&] { Trainer(tiny_stage("stage1_align.yaml", dir / "c", fewer), options).run(); });
+  EXPECT_NE(msg.find("classes.json"), std::string::npos) << msg;
+
+  // The model folder holds no classifier tensor; the next (lm) stage starts from it.
+  const auto weights = io::SafetensorsFile::open(dir / "a" / "final" / "model.safetensors");
+  for (const auto& info : weights.tensors())
+    EXPECT_EQ(info.name.find("classifier"), std::string::npos) << info.name;
+  options.stop_after_steps = 0;
+  EXPECT_TRUE(Trainer(tiny_stage("stage1_align.yaml", dir / "next",
+                                 {"init_from=" + (dir / "a" / "final").string(), "steps=2", "checkpoint.every=0"}),
+                      options)
+                  .run()
+                  .finished);
+}
+
+TEST(Trainer, ClassifyMistakesAreNamed) {
+  test::TempDir dir;
+  std::string msg = test::error_message<ConfigError>([&] {
+    Trainer(tiny_stage("stage1_align.yaml", dir / "o", {"objective=classify", "trainable=[ensemble, projector]"})).run();
+  });
+  EXPECT_NE(msg.find("projector"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("objective: classify"), std::string::npos) << msg;
+  msg = test::error_message<ConfigError>([&] {
+    Trainer(tiny_stage("stage1_align.yaml", dir / "o",
+                       {"objective=classify", "trainable=[ensemble]", "classify.tasks=[speaker]"}))
+        .run();
+  });
+  EXPECT_NE(msg.find("classify.tasks"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("speaker"), std::string::npos) << msg;
+  // align.jsonl: cla has 5 answers, caption 6: nothing is closed at max_answers 4.
+  msg = test::error_message<ConfigError>([&] {
+    Trainer(tiny_stage("stage1_align.yaml", dir / "o",
+                       {"objective=classify", "trainable=[ensemble]", "classify.max_answers=4"}))
+        .run();
+  });
+  EXPECT_NE(msg.find("no task"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("caption"), std::string::npos) << msg;
+  msg = test::error_message<ConfigError>([&] { tiny_stage("stage1_align.yaml", dir / "o", {"objective=regress"}); });
+  EXPECT_NE(msg.find("objective"), std::string::npos) << msg;
 }
 
 TEST(Trainer, ConfigMistakesAreNamed) {

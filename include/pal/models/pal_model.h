@@ -117,6 +117,9 @@ class PalModelImpl : public torch::nn::Module {
   // waveforms [B, N] 16 kHz, lengths [B] -> the audio tokens of each route, in the LLM's
   // width.
   EnsembleOutput encode_audio(const at::Tensor& waveforms, const at::Tensor& lengths);
+  // The same before the projector: the ensemble's tokens, in its width (ensemble.width).
+  // The `classify` training objective reads them (pal/train/stage_config.h).
+  EnsembleOutput encode_ensemble(const at::Tensor& waveforms, const at::Tensor& lengths);
 
   // Training / scoring: see FusionDecoder::forward.
   FusionOutput forward(const at::Tensor& waveforms, const at::Tensor& lengths, const at::Tensor& input_ids,

@@ -6,6 +6,8 @@
 //   init_from: ../align/final    # a checkpoint (model folder) whose weights start this stage
 //   output_dir: runs/probe       # checkpoints, metrics.jsonl, the resolved config
 //   trainable: [ensemble, projector, "decoder.probe_adapters.*", lora]
+//   objective: lm                # lm: the answer tokens' cross-entropy; classify: see below
+//   classify: {max_answers: 32, tasks: []}
 //   data: {train: [{path: train.jsonl, weight: 1}], eval: [...], ...}
 //   optim: {lr: 2e-4, weight_decay: 0.01, betas: [0.9, 0.999], eps: 1e-8, clip_grad_norm: 1.0}
 //   schedule: {warmup_steps: 100, min_lr_ratio: 0.1}
@@ -18,6 +20,16 @@
 //   distributed: {backend: auto, timeout_s: 600, bucket_mb: 25}   # multi-process runs only
 //
 // Relative paths are taken from the folder of the YAML file they appear in.
+//
+// `objective: classify` pre-trains the audio side without the LLM: a linear head over the
+// mean of the ensemble's output tokens (before the projector) learns the closed tasks'
+// answers, one class per (task, answer) seen in the train manifests, by cross-entropy.
+// A task is closed when its train answers number at most classify.max_answers (or when
+// classify.tasks names it); examples of other tasks are skipped. Encoders trained from
+// scratch need it: read through the LLM alone, their output hardly depends on the clip
+// at first, and the LLM's loss does not move them (README, "The demo"). The head is saved
+// beside the model (classifier.safetensors, classes.json), not in model.safetensors: the
+// next stage's init_from loads the model alone.
 #pragma once
 
 #include <cstdint>
@@ -32,8 +44,16 @@
 namespace pal::train {
 
 enum class AmpMode { off, bf16, fp16 };
+enum class Objective { lm, classify };
 
 }  // namespace pal::train
+
+template <>
+struct pal::config::EnumNames<pal::train::Objective> {
+  static std::vector<std::pair<pal::train::Objective, std::string>> get() {
+    return {{pal::train::Objective::lm, "lm"}, {pal::train::Objective::classify, "classify"}};
+  }
+};
 
 template <>
 struct pal::config::EnumNames<pal::train::AmpMode> {
@@ -88,6 +108,17 @@ struct PrecisionConfig {
   }
 };
 
+struct ClassifyConfig {
+  int64_t max_answers = 32;        // a task with more distinct train answers is open (skipped)
+  std::vector<std::string> tasks;  // the tasks to classify; empty: every closed task
+
+  template <class V>
+  void visit(V& v) {
+    v("max_answers", max_answers, config::Rule().at_least(2));
+    v("tasks", tasks);
+  }
+};
+
 struct EvalConfig {
   int64_t every = 0;      // optimizer steps between evaluations; 0: at the end only
   int64_t batches = 50;   // batches of the eval manifests per evaluation (0: the whole set)
@@ -118,6 +149,8 @@ struct StageConfig {
   std::string init_from;           // a model folder; "" starts from the base weights
   std::string output_dir;          // required
   std::vector<std::string> trainable;  // parameter-name globs, or group names (see PalModel::parameter_groups)
+  Objective objective = Objective::lm;
+  ClassifyConfig classify;         // objective: classify
   data::DataConfig data;
   OptimizerConfig optim;
   ScheduleConfig schedule;
@@ -141,6 +174,8 @@ struct StageConfig {
     v("init_from", init_from);
     v("output_dir", output_dir, config::Rule().required().non_empty());
     v("trainable", trainable, config::Rule().required().non_empty());
+    v("objective", objective);
+    v("classify", classify);
     v("data", data, config::Rule().required());
     v("optim", optim);
     v("schedule", schedule);
