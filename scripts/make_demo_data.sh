@@ -28,10 +28,8 @@
 #                         "sources": [...]}; paths relative to the manifest. Split by source
 #                        clip: a source and everything derived from it (speed/gain variants,
 #                        the mixtures it is in) lie in one split.
-#   train_spoken.jsonl train_tones.jsonl
-#                        the train records of the tasks about what is said (digit, word) and of
-#                        the tone tasks (beeps, pitch, louder): extra shares of the demo's data
-#                        mix (configs/demo/stage*.yaml), as those tasks are the slowest to learn
+#   train_spoken.jsonl   the train records of the tasks about what is said (digit, word): an
+#                        extra share of the demo's data mix (configs/demo/stage*.yaml)
 #   text.jsonl           text-only records {"instruction", "output", "task": "text"}
 #   tokenizer.model tokenizer.vocab
 #                        sentencepiece BPE, byte fallback; unk 0, bos <s> 1, eos </s> 2,
@@ -671,8 +669,6 @@ def write_jsonl(path, rows):
 for s in SPLITS:
     write_jsonl(os.path.join(OUT, s + ".jsonl"), records[s])
 write_jsonl(os.path.join(OUT, "train_spoken.jsonl"), [r for r in records["train"] if r["task"] in ("digit", "word")])
-write_jsonl(os.path.join(OUT, "train_tones.jsonl"),
-            [r for r in records["train"] if r["task"] in ("beeps", "pitch", "louder")])
 
 # ---- text-only corpus -----------------------------------------------------------------------
 text = []

@@ -762,7 +762,9 @@ TrainResult Trainer::run() {
       s.append_metrics(line);
       if (!bar.active())
         log_info("[", cfg.name, "] step ", m.step, "/", m.total_steps, " loss ", line["loss"].get<double>(), accuracy,
-                 " lr ", lr, " ", static_cast<int64_t>(m.tokens_per_second), " tok/s");
+                 " lr ", lr, " ",
+                 s.classifier ? std::to_string(static_cast<int64_t>(m.audio_seconds_per_second)) + " audio s/s"
+                              : std::to_string(static_cast<int64_t>(m.tokens_per_second)) + " tok/s");
       window_start = std::chrono::steady_clock::now();
       window_tokens = window_steps = 0;
       window_audio = window_loss = 0;
