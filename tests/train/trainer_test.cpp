@@ -6,8 +6,10 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -397,6 +399,26 @@ TEST(Configs, ShippedCurriculaParse) {
     }
   }
   EXPECT_EQ(curricula, 6);
+}
+
+// The demo's curriculum (scripts/demo.sh): every stage reads, and the encoders are
+// pre-trained by `classify` before the LLM reads them, then frozen until instruct.
+TEST(Configs, DemoCurriculumPretrainsTheEncoders) {
+  const fs::path dir = kConfigs.parent_path() / "demo";
+  const auto c = config::load<CurriculumConfig>(dir / "curriculum.yaml");
+  std::vector<std::string> names;
+  std::map<std::string, StageConfig> stages;
+  for (const auto& stage : c.stages) {
+    ASSERT_NO_THROW(stages[stage.name] = load_stage_config(dir / stage.config, c.set)) << stage.config;
+    names.push_back(stage.name);
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"text", "encoders", "align", "probe", "instruct"}));
+  EXPECT_EQ(stages["encoders"].objective, Objective::classify);
+  for (const char* frozen : {"align", "probe"}) {
+    const auto& t = stages[frozen].trainable;
+    EXPECT_EQ(std::count(t.begin(), t.end(), "encoders"), 0) << frozen;
+    EXPECT_EQ(stages[frozen].objective, Objective::lm) << frozen;
+  }
 }
 
 }  // namespace
