@@ -74,6 +74,9 @@ if [ "$sanitize" = 1 ]; then
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 fi
 
+# A label run that needs neither the CUDA tests nor the packaging test builds only the test
+# executable and the tools it runs (not pal-bench, pal_cuda_tests): less to compile in CI.
+if [ -n "$label" ] && ! [[ "$label" =~ cuda|e2e ]]; then setup_args+=(--targets pal_tests); fi
 "$root/scripts/setup.sh" "${setup_args[@]}"
 build=$("$root/scripts/setup.sh" "${setup_args[@]}" --print-build-dir)
 
