@@ -1,6 +1,7 @@
 #include "pal/data/manifest.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <optional>
 #include <utility>
@@ -138,6 +139,31 @@ int64_t count_records(const std::filesystem::path& manifest) {
   ManifestReader::Line line;
   int64_t n = 0;
   while (reader.next(line)) ++n;
+  return n;
+}
+
+bool ManifestSpec::wants(const std::string& task) const {
+  return tasks.empty() || std::find(tasks.begin(), tasks.end(), task) != tasks.end();
+}
+
+int64_t count_records(const ManifestSpec& spec) {
+  if (spec.tasks.empty()) return count_records(spec.path);
+  ManifestReader reader(spec.path);
+  ManifestReader::Line line;
+  int64_t n = 0;
+  while (reader.next(line)) {
+    const auto j = nlohmann::json::parse(line.text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) {
+      ++n;  // a bad record
+      continue;
+    }
+    const auto task = j.find("task");
+    if (task == j.end()) {
+      n += spec.wants("") ? 1 : 0;
+    } else {
+      n += !task->is_string() || spec.wants(task->get<std::string>()) ? 1 : 0;
+    }
+  }
   return n;
 }
 

@@ -155,8 +155,9 @@ std::optional<PlannedExample> Planner::read_from(size_t s) {
             (options_.world_size > 1
                  ? " for rank " + std::to_string(options_.rank) + " of " + std::to_string(options_.world_size)
                  : std::string()) +
-            (stream.counts.seen == 0 ? std::string(" (none of its records falls to this rank)")
-                                     : " (all " + std::to_string(stream.counts.seen) + " read were bad)"));
+            (stream.counts.seen > 0 ? " (all " + std::to_string(stream.counts.seen) + " read were bad)"
+             : !specs_[s].tasks.empty() ? " (none of its records has one of its tasks: " + json(specs_[s].tasks).dump() + ")"
+                                    : std::string(" (none of its records falls to this rank)")));
       ++stream.epoch;
       stream.record = 0;
       stream.accepted = 0;
@@ -174,6 +175,10 @@ std::optional<PlannedExample> Planner::read_from(size_t s) {
     try {
       item.example = parse_record(line.text, stream.dir, source, config_.require_audio);
       const Example& e = item.example;
+      if (!specs_[s].wants(e.task)) {  // not in the mix: neither seen nor bad
+        --stream.counts.seen;
+        continue;
+      }
       if (!e.audio.empty()) {
         std::error_code ec;
         if (!std::filesystem::exists(e.audio, ec)) throw DataError("audio file '" + e.audio + "' not found");
@@ -291,7 +296,11 @@ std::vector<RecordCounts> Planner::records() const {
 // What must match between the loader that wrote a cursor and the one restoring it.
 json Planner::fingerprint() const {
   json manifests = json::array();
-  for (const auto& spec : specs_) manifests.push_back({{"path", spec.path}, {"weight", spec.weight}});
+  for (const auto& spec : specs_) {
+    json m = {{"path", spec.path}, {"weight", spec.weight}};
+    if (!spec.tasks.empty()) m["tasks"] = spec.tasks;  // absent without a filter, as before it existed
+    manifests.push_back(std::move(m));
+  }
   return {{"seed", options_.seed},
           {"batch_size", options_.batch_size},
           {"shuffle", options_.shuffle},

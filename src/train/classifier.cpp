@@ -48,7 +48,7 @@ AnswerClasses AnswerClasses::from_manifests(const std::vector<data::ManifestSpec
       } catch (const DataError&) {
         continue;  // the loader reports bad records as it meets them
       }
-      if (!e.audio.empty()) answers[e.task].insert(e.output);
+      if (!e.audio.empty() && m.wants(e.task)) answers[e.task].insert(e.output);
     }
   }
   AnswerClasses c;

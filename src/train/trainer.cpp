@@ -321,7 +321,7 @@ void Trainer::State::load_init_from() {
 int64_t Trainer::State::total_steps() const {
   if (config.steps > 0) return config.steps;
   int64_t records = 0;
-  for (const auto& m : config.data.train) records += data::count_records(m.path);
+  for (const auto& m : config.data.train) records += data::count_records(m);
   records = (records + options.world_size - 1) / options.world_size;
   const double per_step = static_cast<double>(config.batch_size * config.grad_accum);
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(config.epochs * static_cast<double>(records) / per_step)));

@@ -70,7 +70,7 @@ DataConfig small_config() {
 
 std::vector<ManifestSpec> specs(std::vector<std::pair<std::string, double>> list) {
   std::vector<ManifestSpec> out;
-  for (auto& [path, weight] : list) out.push_back({path, weight});
+  for (auto& [path, weight] : list) out.push_back({path, weight, {}});
   return out;
 }
 
@@ -251,6 +251,58 @@ TEST(DataLoader, MixesManifestsByWeight) {
   }
   EXPECT_EQ(total, 800);
   EXPECT_NEAR(static_cast<double>(from_a) / total, 0.75, 0.05);
+}
+
+TEST(DataLoader, ManifestTasksFilterTheMix) {
+  Dataset data;
+  const std::vector<std::string> tasks = {"cla", "digit", "word"};
+  std::string a, b;
+  for (int i = 0; i < 12; ++i) a += Dataset::record("", "a" + std::to_string(i), {{"task", tasks[i % 3]}}) + "\n";
+  for (int i = 0; i < 10; ++i) b += Dataset::record("", "b" + std::to_string(i)) + "\n";
+  data.write("a.jsonl", a);
+  data.write("b.jsonl", b);
+  DataConfig config = small_config();
+  config.require_audio = false;
+  LoaderOptions options;
+  options.batch_size = 8;
+  std::vector<ManifestSpec> mix = specs({{"a.jsonl", 1}, {"b.jsonl", 1}});
+  mix[0].tasks = {"digit", "word"};
+  DataLoader loader(mix, config, data.path(), options);
+  std::map<std::string, int> from_a;
+  int total = 0, a_total = 0;
+  for (const Batch& batch : take(loader, 50)) {
+    for (const auto& e : batch.examples) {
+      ++total;
+      if (e.output[0] != 'a') continue;
+      ++a_total;
+      ++from_a[e.task];
+    }
+  }
+  EXPECT_EQ(from_a.count("cla"), 0u);
+  EXPECT_GT(from_a["digit"], 0);
+  EXPECT_GT(from_a["word"], 0);
+  EXPECT_NEAR(static_cast<double>(a_total) / total, 0.5, 0.07);  // the filter keeps the weights
+  // Epochs count the kept records only; a line that does not parse counts (a bad record).
+  ManifestSpec counted = mix[0];
+  counted.path = (data / "a.jsonl").string();
+  EXPECT_EQ(count_records(counted), 8);
+  data.write("c.jsonl", a + "{broken\n");
+  counted.path = (data / "c.jsonl").string();
+  EXPECT_EQ(count_records(counted), 9);
+  EXPECT_EQ(count_records(data / "a.jsonl"), 12);
+
+  // A cursor remembers the filter.
+  const std::string cursor = DataLoader(mix, config, data.path(), options).next()->cursor;
+  DataLoader unfiltered(specs({{"a.jsonl", 1}, {"b.jsonl", 1}}), config, data.path(), options);
+  expect_contains(test::error_message<DataError>([&] { unfiltered.restore(cursor); }), "cursor");
+
+  // A filter that matches nothing names the manifest and its tasks.
+  std::vector<ManifestSpec> none = specs({{"a.jsonl", 1}});
+  none[0].tasks = {"beeps"};
+  DataLoader empty(none, config, data.path(), options);
+  const std::string message = test::error_message<DataError>([&] { empty.next(); });
+  expect_contains(message, "a.jsonl");
+  expect_contains(message, "[\"beeps\"]");
 }
 
 TEST(DataLoader, RanksSeeDisjointShards) {

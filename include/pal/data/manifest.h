@@ -13,6 +13,7 @@
 #include <fstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "pal/core/config.h"
 
@@ -27,15 +28,21 @@ struct Example {
   std::string source;  // "path/to/manifest.jsonl:LINE", for messages
 };
 
-// One manifest of a data mix. YAML: {path: train.jsonl, weight: 2.0}
+// One manifest of a data mix. YAML: {path: train.jsonl, weight: 2.0, tasks: [digit, word]}
 struct ManifestSpec {
   std::string path;     // JSONL file; a relative path is taken from the config's folder
   double weight = 1.0;  // mixing weight (> 0): the share of examples drawn from this manifest
+  // Only the records whose "task" is one of these (empty: every record). Filtered records
+  // are neither examples nor bad records; they do not count for epochs either.
+  std::vector<std::string> tasks;
   template <class V>
   void visit(V& v) {
     v("path", path, config::Rule().required().non_empty());
     v("weight", weight, config::Rule().greater_than(0));
+    v("tasks", tasks);
   }
+  // Whether a record of this task belongs to the mix.
+  bool wants(const std::string& task) const;
 };
 
 // Parses one manifest line. `manifest_dir` resolves relative audio paths; `source` is
@@ -80,5 +87,8 @@ class ManifestReader {
 // Counts the records (non-blank lines) of a manifest by streaming it; for turning epochs
 // into steps. Malformed records count too. Throws pal::DataError when it is missing.
 int64_t count_records(const std::filesystem::path& manifest);
+// The records of the manifest that `spec` keeps (its `tasks`); a line that does not parse
+// counts, as the loader meets it as a bad record.
+int64_t count_records(const ManifestSpec& spec);
 
 }  // namespace pal::data
