@@ -7,7 +7,7 @@
 #   scripts/setup.sh --torch pip         PyPI's torch wheel (CUDA-enabled LibTorch 2.x) in a
 #                                        virtual environment build/pip/venv; build in build/pip/build
 #   scripts/setup.sh --sanitize          ASan + UBSan build in build/sanitize (Debian flavour)
-#   scripts/setup.sh --no-build          install the packages only
+#   scripts/setup.sh --no-build          install the packages only (--torch pip: and the wheel)
 #   scripts/setup.sh --print-build-dir   print the build folder these flags select, do nothing
 #   scripts/setup.sh --targets "pal-train pal-infer"   build only these targets (default: all)
 #
@@ -75,7 +75,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-[ "$build" = 1 ] || exit 0
+[ "$build" = 1 ] || [ "$torch" = pip ] || exit 0
 
 # ---- LibTorch from PyPI (--torch pip) ----------------------------------------------------
 cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=$build_type)
@@ -97,6 +97,7 @@ if [ "$torch" = pip ]; then
       "$venv/bin/pip" install -q torch
     fi
   fi
+  [ "$build" = 1 ] || exit 0
   torch_cmake=$("$venv/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
   cmake_args+=(-DTorch_DIR="$torch_cmake/Torch")
   # The wheel's LibTorch is CUDA-enabled; its CMake files need the CUDA toolkit (nvcc).

@@ -14,8 +14,10 @@
 #
 #   scripts/gpu/check.sh OUTDIR                  on the GPU machine: logs and tables in OUTDIR
 #   scripts/gpu/check.sh --cpu-dry-run OUTDIR    here: the same steps on the CPU at tiny sizes,
-#                                                against build/pip/venv's torch (CI runs this)
-#   --budget SECONDS   wall time for everything (default 480; dry run 2400: a cold build on
+#                                                against build/pip/venv's torch, plus the unit
+#                                                and parity tests (CI runs this: its only build
+#                                                against the wheel's LibTorch)
+#   --budget SECONDS   wall time for everything (default 480; dry run 3000: a cold build on
 #                      2 cores); each step gets at most what is left
 #   --jobs N           compile jobs (default: every core; 2 in a dry run)
 #
@@ -42,7 +44,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$out" ] || { echo "usage: scripts/gpu/check.sh [--cpu-dry-run] [--budget S] OUTDIR" >&2; exit 2; }
 # The GPU run must end well inside a 10-minute lease; a dry run may build from nothing on 2 cores.
-[ -n "$budget" ] || { if [ "$mode" = dry ]; then budget=2400; else budget=480; fi; }
+[ -n "$budget" ] || { if [ "$mode" = dry ]; then budget=3000; else budget=480; fi; }
 mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
 logs=$out/logs
@@ -388,7 +390,10 @@ fi
 # ---- 6. configure + build ----------------------------------------------------------------------------
 if [ -z "$stop" ]; then
   say "configuring $build"
-  cmake_args=(-S "$root" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release -DPAL_WERROR=OFF
+  # Warnings are errors in the dry run (this machine's compiler, as in every CI build), not on
+  # the GPU machine, whose compiler may warn about more.
+  werror=OFF; [ "$mode" = dry ] && werror=ON
+  cmake_args=(-S "$root" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release -DPAL_WERROR=$werror
     -DTorch_DIR="$cmake_prefix/Torch" -DCMAKE_PREFIX_PATH="$deps/usr" -DCMAKE_CUDA_COMPILER="$nvcc"
     -DPKG_CONFIG_EXECUTABLE="$pkgconf"
     -Dyaml-cpp_DIR="$libdir/cmake/yaml-cpp" -Dspdlog_DIR="$libdir/cmake/spdlog" -Dfmt_DIR="$libdir/cmake/fmt"
@@ -427,7 +432,8 @@ if [ -z "$stop" ]; then
   t0=$SECONDS
   targets=(pal pal-bench pal-train pal_cuda_tests)
   build_limit=360
-  [ "$mode" = dry ] && build_limit=2000
+  # The dry run also builds the unit and parity tests (and the tools they run).
+  [ "$mode" = dry ] && { targets+=(pal_tests); build_limit=2400; }
   run_step $build_limit "$work/build.log" cmake --build "$build" -j "$jobs" --target "${targets[@]}"
   rc=$?
   tail -c 300000 "$work/build.log" >"$logs/build.log"
@@ -471,6 +477,21 @@ if [ -z "$stop" ]; then
     row "cuda tests" FAIL "$(status_word $rc); no test ran (logs/cuda_tests.log)" ""
   elif [ $rc = 124 ] || [ $rc = 137 ] || [ $rc = 125 ]; then
     row "cuda tests" FAIL "$(status_word $rc) after $((SECONDS - t0)) s; $n reported" ""
+  fi
+fi
+
+# ---- 7b. the unit and parity tests against this LibTorch (dry run only) ----------------------------
+if [ -z "$stop" ] && [ "$mode" = dry ]; then
+  say "unit and parity tests (labels unit, parity)"
+  t0=$SECONDS
+  run_step 900 "$logs/unit_tests.log" bash -c "cd '$build' && ctest -L 'unit|parity' -j $jobs --output-on-failure"
+  rc=$?
+  summary=$(grep -E '^[0-9]+% tests passed' "$logs/unit_tests.log" | tail -1)
+  if [ $rc = 0 ]; then
+    row "unit + parity tests" PASS "${summary:-passed}, $((SECONDS - t0)) s" ""
+  else
+    row "unit + parity tests" FAIL "$(status_word $rc): ${summary:-no summary} (logs/unit_tests.log)" ""
+    grep -E '^\s+[0-9]+ - ' "$logs/unit_tests.log" | head -20 >&2
   fi
 fi
 
