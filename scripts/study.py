@@ -19,12 +19,14 @@ steps) and the peak resident memory of the training process.
   scripts/study.py --bin build/debian --seeds 1 2 3 --out runs/study --doc docs/study.md
   scripts/study.py ... --variants prefix probe --seeds 1 --steps 150    # a quicker look
 
-Runs already finished (their instruct/final and eval.json exist) are reused.
+Runs already finished with the same configs (their instruct/final and eval.json exist) are reused.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -139,18 +141,34 @@ def main():
                     help="steps of every stage (default: the curriculum's own)")
     args = ap.parse_args()
 
+    # A finished run is reused only when the curriculum's folder (stage configs, model configs)
+    # and --steps are what it was trained with.
+    digest = hashlib.sha256(str(args.steps).encode())
+    folder = os.path.dirname(os.path.abspath(args.curriculum))
+    for base_dir, dirs, files in sorted(os.walk(folder)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(base_dir, name)
+            digest.update(os.path.relpath(path, folder).encode() + b"\0" + open(path, "rb").read())
+    fingerprint = digest.hexdigest()
+
     rows = {}  # variant -> list of per-seed dicts
     for variant in args.variants:
         for seed in args.seeds:
             out_dir = os.path.join(args.out, f"{variant}-s{seed}")
             done = os.path.exists(os.path.join(out_dir, "instruct", "final", "model.yaml"))
             info_file = os.path.join(out_dir, "train_info.json")
-            if done and os.path.exists(info_file):
-                info = json.load(open(info_file))
+            info = json.load(open(info_file)) if done and os.path.exists(info_file) else None
+            if info is not None and info.get("configs") == fingerprint:
                 log(f"{variant} seed {seed}: trained before ({out_dir})")
             else:
+                if os.path.exists(out_dir):  # another curriculum, step count or an unfinished run
+                    log(f"{variant} seed {seed}: {out_dir} was trained with other configs or did not finish; "
+                        "training again")
+                    shutil.rmtree(out_dir)
                 log(f"{variant} seed {seed}: training -> {out_dir}")
                 info = train(args, variant, seed, out_dir)
+                info["configs"] = fingerprint
                 json.dump(info, open(info_file, "w"))
                 log(f"{variant} seed {seed}: trained in {info['wall_s']:.0f} s, peak {info['peak_mib']:.0f} MiB")
             metrics = task_metrics(evaluate(args, variant, seed, out_dir))
