@@ -1,7 +1,7 @@
 #include "pal/data/manifest.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <optional>
 #include <utility>

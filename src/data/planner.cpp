@@ -156,8 +156,9 @@ std::optional<PlannedExample> Planner::read_from(size_t s) {
                  ? " for rank " + std::to_string(options_.rank) + " of " + std::to_string(options_.world_size)
                  : std::string()) +
             (stream.counts.seen > 0 ? " (all " + std::to_string(stream.counts.seen) + " read were bad)"
-             : !specs_[s].tasks.empty() ? " (none of its records has one of its tasks: " + json(specs_[s].tasks).dump() + ")"
-                                    : std::string(" (none of its records falls to this rank)")));
+             : !specs_[s].tasks.empty()
+                 ? " (none of its records has one of its tasks: " + json(specs_[s].tasks).dump() + ")"
+                 : std::string(" (none of its records falls to this rank)")));
       ++stream.epoch;
       stream.record = 0;
       stream.accepted = 0;

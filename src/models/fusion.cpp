@@ -3,6 +3,7 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <limits>
 
 #include "pal/core/error.h"
@@ -306,25 +307,42 @@ FusionOutput FusionDecoderImpl::forward(const torch::Tensor& input_ids, const to
   // The logits at the element before each label token (the previous valid element of
   // the fused sequence) predict it; only those rows are computed.
   const int64_t batch = input_ids.size(0), text = input_ids.size(1), L = lay.ids.size(1);
-  const std::vector<int64_t> want = to_vector(labels), where = to_vector(lay.text_index),
-                             ids = to_vector(input_ids), ok = to_vector(lay.valid);
+  // Floating-point labels weigh their tokens: the loss is then sum(w * ce) / sum(w).
+  const bool weighted = labels.is_floating_point();
+  const torch::Tensor weight_cpu = labels.to(torch::kCPU, torch::kFloat32).contiguous();
+  const float* weight = weight_cpu.data_ptr<float>();
+  const std::vector<int64_t> where = to_vector(lay.text_index), ids = to_vector(input_ids),
+                             ok = to_vector(lay.valid);
   std::vector<int64_t> rows, targets;
+  std::vector<float> weights;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t t = 0; t < text; ++t) {
       const size_t i = static_cast<size_t>(b * text + t);
-      if (!want[i] || where[i] < 0) continue;
+      if (weight[i] == 0.0f || where[i] < 0) continue;
+      if (weighted && !(weight[i] > 0.0f && std::isfinite(weight[i])))
+        throw ModelError("fusion: label weights must be finite and not negative (got " +
+                         std::to_string(weight[i]) + ")");
       int64_t p = where[i] - 1;
       while (p >= 0 && !ok[static_cast<size_t>(b * L + p)]) --p;
       if (p < 0) continue;  // the first element has nothing before it
       rows.push_back(b * L + p);
       targets.push_back(ids[i]);
+      weights.push_back(weight[i]);
     }
   if (rows.empty()) throw ModelError("fusion: labels mark no token that can be predicted");
   const auto device = h.device();
   torch::Tensor picked = h.reshape({batch * L, h.size(2)}).index_select(0, torch::tensor(rows).to(device));
   out.logits = llm->logits(picked);
-  out.loss =
-      torch::nn::functional::cross_entropy(out.logits.to(torch::kFloat32), torch::tensor(targets).to(device));
+  const torch::Tensor target = torch::tensor(targets).to(device);
+  if (!weighted) {
+    out.loss = torch::nn::functional::cross_entropy(out.logits.to(torch::kFloat32), target);
+    return out;
+  }
+  const torch::Tensor w = torch::tensor(weights).to(device);
+  const torch::Tensor ce = torch::nn::functional::cross_entropy(
+      out.logits.to(torch::kFloat32), target,
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  out.loss = (ce * w).sum() / w.sum();
   return out;
 }
 

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -75,7 +76,8 @@ struct Collated {
   bool with_audio = true;
 };
 
-Collated collate(const data::Batch& batch, const text::PromptBuilder& prompts) {
+// With LossMean::examples the labels weigh each answer token 1 / (its answer's tokens).
+Collated collate(const data::Batch& batch, const text::PromptBuilder& prompts, LossMean loss_mean) {
   const int64_t b = static_cast<int64_t>(batch.examples.size());
   int64_t with_audio = 0;
   for (const auto& e : batch.examples) with_audio += e.audio.empty() ? 0 : 1;
@@ -93,19 +95,24 @@ Collated collate(const data::Batch& batch, const text::PromptBuilder& prompts) {
   c.with_audio = with_audio > 0;
   c.ids = torch::zeros({b, longest}, torch::kInt64);
   c.valid = torch::zeros({b, longest}, torch::kBool);
-  c.labels = torch::zeros({b, longest}, torch::kBool);
+  c.labels = torch::zeros({b, longest}, torch::kFloat32);
   auto ids = c.ids.accessor<int64_t, 2>();
   auto valid = c.valid.accessor<bool, 2>();
-  auto labels = c.labels.accessor<bool, 2>();
+  auto labels = c.labels.accessor<float, 2>();
   for (int64_t i = 0; i < b; ++i) {
     const auto& e = encoded[static_cast<size_t>(i)];
+    const auto answer_tokens =
+        std::count_if(e.is_answer.begin(), e.is_answer.end(), [](auto a) { return a != 0; });
+    const float w =
+        loss_mean == LossMean::examples && answer_tokens > 0 ? 1.0f / static_cast<float>(answer_tokens) : 1.0f;
     for (size_t t = 0; t < e.ids.size(); ++t) {
       ids[i][static_cast<int64_t>(t)] = e.ids[t];
       valid[i][static_cast<int64_t>(t)] = true;
-      labels[i][static_cast<int64_t>(t)] = e.is_answer[t] != 0;
+      labels[i][static_cast<int64_t>(t)] = e.is_answer[t] != 0 ? w : 0.0f;
     }
     c.text_tokens += static_cast<int64_t>(e.ids.size());
   }
+  if (loss_mean == LossMean::tokens) c.labels = c.labels.to(torch::kBool);
   return c;
 }
 
@@ -295,7 +302,7 @@ Trainer::State::BatchLoss Trainer::State::batch_loss(const data::Batch& batch) {
     r.classified_by_task = std::move(c.classified_by_task);
     return r;
   }
-  Collated c = collate(batch, *model->prompts());
+  Collated c = collate(batch, *model->prompts(), config.loss_mean);
   models::FusionOutput out =
       c.with_audio ? model->forward(batch.waveforms.to(device), batch.lengths.to(device), c.ids.to(device),
                                     c.valid.to(device), c.labels.to(device))

@@ -214,6 +214,35 @@ TEST(Fusion, OnlyTrainableParametersGetGradients) {
   EXPECT_NEAR(out.loss.item<double>(), expected.item<double>(), 1e-5);
 }
 
+TEST(Fusion, WeightedLabelsGiveTheWeightedMeanOfTheTokensLoss) {
+  torch::NoGradGuard no_grad;
+  FusionDecoder model = decoder(FusionMode::probe, 1);
+  const EnsembleOutput a = audio({5, 3});
+  const Batch b = batch({kPrompt, {5, 9, kAudio, 30, 41, 7}});
+  // Example 0 answers with its last three tokens, example 1 with its last one.
+  torch::Tensor mask = torch::zeros_like(b.valid);
+  mask[0].narrow(0, 5, 3).fill_(true);
+  mask[1][5] = true;
+  const FusionOutput by_token = model->forward(b.ids, b.valid, a, mask);
+  ASSERT_EQ(by_token.logits.size(0), 4);
+  const torch::Tensor ce = torch::nn::functional::cross_entropy(
+      by_token.logits, torch::tensor({41, 7, 12, 7}),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  EXPECT_NEAR(by_token.loss.item<double>(), ce.mean().item<double>(), 1e-5);
+  // Weights of 1 are the bool mask; 1/3 and 1 make each example's answer weigh the same.
+  EXPECT_NEAR(model->forward(b.ids, b.valid, a, mask.to(torch::kFloat32)).loss.item<double>(),
+              by_token.loss.item<double>(), 1e-6);
+  torch::Tensor per_example = mask.to(torch::kFloat32);
+  per_example[0] *= 1.0 / 3.0;
+  const double expected = (ce.narrow(0, 0, 3).mean() + ce[3]).item<double>() / 2.0;
+  EXPECT_NEAR(model->forward(b.ids, b.valid, a, per_example).loss.item<double>(), expected, 1e-5);
+  EXPECT_GT(std::abs(expected - by_token.loss.item<double>()), 1e-4);  // the two means differ here
+  per_example[1][5] = -1.0;
+  const std::string msg =
+      test::error_message<ModelError>([&] { model->forward(b.ids, b.valid, a, per_example); });
+  EXPECT_NE(msg.find("label weights must be finite and not negative (got -1"), std::string::npos) << msg;
+}
+
 TEST(Fusion, BadRequestsAreNamed) {
   torch::NoGradGuard no_grad;
   Batch no_placeholder = batch({{5, 6, 7}});

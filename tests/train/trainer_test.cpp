@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <thread>
@@ -209,6 +210,35 @@ TEST(Trainer, ClassifyMistakesAreNamed) {
   EXPECT_NE(msg.find("objective"), std::string::npos) << msg;
 }
 
+// loss_mean: examples weighs each answer the same: the first step's loss (same weights,
+// same batch) differs from the token mean, as the tiny set's answers differ in length.
+TEST(Trainer, LossMeanOverExamples) {
+  test::TempDir dir;
+  std::map<std::string, double> first_loss;
+  for (const std::string mean : {"tokens", "examples"}) {
+    TrainOptions options;
+    options.progress_bar = false;
+    options.on_step = [&](const StepMetrics& m) {
+      if (m.step == 1) first_loss[mean] = m.loss;
+    };
+    EXPECT_TRUE(Trainer(tiny_stage("stage1_align.yaml", dir / mean, {"loss_mean=" + mean, "steps=2"}), options)
+                    .run()
+                    .finished);
+  }
+  ASSERT_EQ(first_loss.size(), 2u);
+  EXPECT_TRUE(std::isfinite(first_loss["examples"]));
+  EXPECT_GT(std::abs(first_loss["examples"] - first_loss["tokens"]), 1e-4)
+      << first_loss["examples"] << " vs " << first_loss["tokens"];
+  std::string msg =
+      test::error_message<ConfigError>([&] { tiny_stage("stage1_align.yaml", dir / "o", {"loss_mean=answers"}); });
+  EXPECT_NE(msg.find("loss_mean"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("answers"), std::string::npos) << msg;
+  msg = test::error_message<ConfigError>([&] {
+    tiny_stage("stage1_align.yaml", dir / "o", {"objective=classify", "loss_mean=examples"});
+  });
+  EXPECT_NE(msg.find("loss_mean"), std::string::npos) << msg;
+}
+
 TEST(Trainer, ConfigMistakesAreNamed) {
   test::TempDir dir;
   std::string msg = test::error_message<ConfigError>([&] { tiny_stage("stage1_align.yaml", dir / "o", {"optim.lrr=1"}); });
@@ -402,7 +432,8 @@ TEST(Configs, ShippedCurriculaParse) {
 }
 
 // The demo's curriculum (scripts/demo.sh): every stage reads, and the encoders are
-// pre-trained by `classify` before the LLM reads them, then frozen until instruct.
+// pre-trained by `classify` before the LLM reads them, then frozen until instruct; the
+// audio stages average the loss over examples.
 TEST(Configs, DemoCurriculumPretrainsTheEncoders) {
   const fs::path dir = kConfigs.parent_path() / "demo";
   const auto c = config::load<CurriculumConfig>(dir / "curriculum.yaml");
@@ -419,6 +450,9 @@ TEST(Configs, DemoCurriculumPretrainsTheEncoders) {
     EXPECT_EQ(std::count(t.begin(), t.end(), "encoders"), 0) << frozen;
     EXPECT_EQ(stages[frozen].objective, Objective::lm) << frozen;
   }
+  // Each answer weighs the same in the audio stages: a one-word answer as much as a caption.
+  for (const char* audio : {"align", "probe", "instruct"})
+    EXPECT_EQ(stages[audio].loss_mean, LossMean::examples) << audio;
 }
 
 }  // namespace

@@ -88,7 +88,7 @@ struct FusedLayout {
 
 struct FusionOutput {
   at::Tensor logits;                      // [B, L, vocab] over the fused sequence
-  at::Tensor loss;                        // mean cross-entropy over label tokens (undefined without labels)
+  at::Tensor loss;                        // (weighted) mean cross-entropy over label tokens (undefined without labels)
   std::vector<at::Tensor> hidden_states;  // with taps: embeddings, after each layer but the last, final norm
   FusedLayout layout;
 };
@@ -132,8 +132,9 @@ class FusionDecoderImpl : public torch::nn::Module {
 
   // input_ids [B, T] int64 with `valid` [B, T] bool (false at padding); audio: tokens
   // already in the LLM's width. labels [B, T] bool marks the tokens to predict (answer
-  // tokens); the loss covers those only. Every prompt with prefix-routed audio holds one
-  // placeholder.
+  // tokens); the loss is the mean cross-entropy over those. Floating-point labels weigh
+  // them instead (0: not predicted): the loss is sum(w * ce) / sum(w). Every prompt with
+  // prefix-routed audio holds one placeholder.
   FusionOutput forward(const at::Tensor& input_ids, const at::Tensor& valid, const EnsembleOutput& audio,
                        const at::Tensor& labels = {}, bool taps = false);
 

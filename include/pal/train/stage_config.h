@@ -45,6 +45,7 @@ namespace pal::train {
 
 enum class AmpMode { off, bf16, fp16 };
 enum class Objective { lm, classify };
+enum class LossMean { tokens, examples };
 
 }  // namespace pal::train
 
@@ -52,6 +53,13 @@ template <>
 struct pal::config::EnumNames<pal::train::Objective> {
   static std::vector<std::pair<pal::train::Objective, std::string>> get() {
     return {{pal::train::Objective::lm, "lm"}, {pal::train::Objective::classify, "classify"}};
+  }
+};
+
+template <>
+struct pal::config::EnumNames<pal::train::LossMean> {
+  static std::vector<std::pair<pal::train::LossMean, std::string>> get() {
+    return {{pal::train::LossMean::tokens, "tokens"}, {pal::train::LossMean::examples, "examples"}};
   }
 };
 
@@ -151,6 +159,10 @@ struct StageConfig {
   std::vector<std::string> trainable;  // parameter-name globs, or group names (see PalModel::parameter_groups)
   Objective objective = Objective::lm;
   ClassifyConfig classify;         // objective: classify
+  // objective lm: the loss's mean over the batch's answer tokens (every token weighs the
+  // same: long answers dominate), or over its examples (each example's answer weighs the
+  // same, a one-word answer as much as a caption).
+  LossMean loss_mean = LossMean::tokens;
   data::DataConfig data;
   OptimizerConfig optim;
   ScheduleConfig schedule;
@@ -176,6 +188,7 @@ struct StageConfig {
     v("trainable", trainable, config::Rule().required().non_empty());
     v("objective", objective);
     v("classify", classify);
+    v("loss_mean", loss_mean);
     v("data", data, config::Rule().required());
     v("optim", optim);
     v("schedule", schedule);
@@ -194,6 +207,8 @@ struct StageConfig {
     seed = static_cast<uint64_t>(seed64);
     v("log_every", log_every, config::Rule().at_least(1));
     v.check((steps > 0) != (epochs > 0), "steps", "set exactly one of steps and epochs (> 0)");
+    v.check(objective == Objective::lm || loss_mean == LossMean::tokens, "loss_mean",
+            "weighs the answer tokens of objective: lm; objective: classify has no answer tokens");
   }
 };
 
