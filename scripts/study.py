@@ -19,7 +19,13 @@ steps) and the peak resident memory of the training process.
   scripts/study.py --bin build/debian --seeds 1 2 3 --out runs/study --doc docs/study.md
   scripts/study.py ... --variants prefix probe --seeds 1 --steps 150    # a quicker look
 
-Runs already finished with the same configs (their instruct/final and eval.json exist) are reused.
+Every finished run leaves a record, docs/study/runs/<variant>-s<seed>.json (scores, step time,
+peak memory, and a fingerprint of the curriculum's configs, --steps and the demo data's
+manifests). A run whose record has the same fingerprint is not trained again, on this machine
+or on another clone: 18 trainings take about 3 hours on 2 cores, so the study may be done in
+parts. Runs finished under runs/study with the same fingerprint are reused too.
+
+  scripts/study.py --bin build/debian --report-only    # the table from the records alone
 """
 import argparse
 import hashlib
@@ -139,6 +145,10 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--steps", type=int, default=0,
                     help="steps of every stage (default: the curriculum's own)")
+    ap.add_argument("--records", default="docs/study/runs",
+                    help="folder of the finished runs' records (kept in the repository)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: the table from the records that match the configs")
     args = ap.parse_args()
 
     # A finished run is reused only when the curriculum's folder (stage configs, model configs)
@@ -150,11 +160,26 @@ def main():
         for name in sorted(files):
             path = os.path.join(base_dir, name)
             digest.update(os.path.relpath(path, folder).encode() + b"\0" + open(path, "rb").read())
+    # ... and the data: the manifests that training and evaluation read.
+    data_dir = os.path.dirname(os.path.abspath(args.manifest))
+    for name in ("train.jsonl", "train_spoken.jsonl", "valid.jsonl", os.path.basename(args.manifest)):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            digest.update(name.encode() + b"\0" + open(path, "rb").read())
     fingerprint = digest.hexdigest()
 
     rows = {}  # variant -> list of per-seed dicts
     for variant in args.variants:
         for seed in args.seeds:
+            record_file = os.path.join(args.records, f"{variant}-s{seed}.json")
+            record = json.load(open(record_file)) if os.path.exists(record_file) else None
+            if record is not None and record.get("configs") == fingerprint:
+                log(f"{variant} seed {seed}: recorded before ({record_file})")
+                rows.setdefault(variant, []).append(record)
+                continue
+            if args.report_only:
+                log(f"{variant} seed {seed}: no record for these configs, left out")
+                continue
             out_dir = os.path.join(args.out, f"{variant}-s{seed}")
             done = os.path.exists(os.path.join(out_dir, "instruct", "final", "model.yaml"))
             info_file = os.path.join(out_dir, "train_info.json")
@@ -172,8 +197,16 @@ def main():
                 json.dump(info, open(info_file, "w"))
                 log(f"{variant} seed {seed}: trained in {info['wall_s']:.0f} s, peak {info['peak_mib']:.0f} MiB")
             metrics = task_metrics(evaluate(args, variant, seed, out_dir))
-            rows.setdefault(variant, []).append(
-                {"seed": seed, "metrics": metrics, "step_s": step_time(out_dir), "peak_mib": info["peak_mib"]})
+            record = {"variant": variant, "seed": seed, "configs": fingerprint, "metrics": metrics,
+                      "step_s": step_time(out_dir), "peak_mib": info["peak_mib"], "wall_s": info["wall_s"]}
+            os.makedirs(args.records, exist_ok=True)
+            with open(record_file + ".tmp", "w") as f:
+                json.dump(record, f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.replace(record_file + ".tmp", record_file)
+            rows.setdefault(variant, []).append(record)
+    if not rows:
+        raise SystemExit("study: no run to report (no record matches these configs; run without --report-only)")
 
     # ---- report ---------------------------------------------------------------------------
     stats = json.load(open(args.tasks))["tasks"]
@@ -182,7 +215,8 @@ def main():
     summary = {"seeds": args.seeds, "variants": {}, "baseline": base}
     lines = [f"# The study in miniature: fusion designs and encoders on the demo data",
              "",
-             f"`scripts/study.sh` (seeds {', '.join(map(str, args.seeds))}; "
+             f"`scripts/study.sh` (seeds {', '.join(map(str, args.seeds))}; runs per variant: "
+             f"{', '.join(f'{v} {len(r)}' for v, r in rows.items())}; "
              f"curriculum `{args.curriculum}`; test split `{args.manifest}`). "
              f"Each cell: mean +- std over seeds; in brackets the relative change of the mean against `{base}`.",
              ""]
@@ -219,6 +253,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.doc)), exist_ok=True)
     with open(args.doc, "w") as f:
         f.write(text)
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "study.json"), "w") as f:
         json.dump(summary, f, indent=1)
     log(f"wrote {args.doc} and {os.path.join(args.out, 'study.json')}")

@@ -9,11 +9,13 @@
 #   scripts/study.sh                                   everything (setup and data as demo.sh)
 #   scripts/study.sh --variants prefix probe --seeds 1 --steps 150    a quicker look
 #
-# Finished runs (runs/study/<variant>-s<seed>) are reused when it runs again.
+# Each finished run leaves a record in docs/study/runs/ (commit it): a run recorded with the
+# same configs and data is not trained again, so the study can be done in parts, on any clone.
+#   scripts/study.sh --report-only                     the table from the records alone
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-case "${1:-}" in -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 
 scripts/setup.sh --targets "pal-train pal-eval"
 bin=$(scripts/setup.sh --print-build-dir)
