@@ -88,7 +88,7 @@ struct FusedLayout {
 
 struct FusionOutput {
   at::Tensor logits;                      // [B, L, vocab] over the fused sequence
-  at::Tensor loss;                        // (weighted) mean cross-entropy over label tokens (undefined without labels)
+  at::Tensor loss;                        // (weighted) mean cross-entropy over label tokens (or undefined)
   std::vector<at::Tensor> hidden_states;  // with taps: embeddings, after each layer but the last, final norm
   FusedLayout layout;
 };
