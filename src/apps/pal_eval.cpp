@@ -16,6 +16,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "pal/core/atomic_file.h"
@@ -137,6 +138,16 @@ int main(int argc, char** argv) {
                                               : pal::models::ModelDtype::float16;
     options.threads = a.threads;
     a.eval.validate();
+    // The output folders are made (or found unwritable) now, not after the evaluation.
+    for (const std::string* file : {&a.json, &a.predictions, &a.markdown}) {
+      if (file->empty()) continue;
+      const std::filesystem::path parent = std::filesystem::path(*file).parent_path();
+      std::error_code ec;
+      if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+      if (ec || (!parent.empty() && !std::filesystem::is_directory(parent)))
+        throw pal::IoError("cannot make the folder '" + parent.string() + "' for '" + *file +
+                           "': " + (ec ? ec.message() : "not a folder"));
+    }
 
     const pal::eval::EvalPlan plan = pal::eval::plan_evaluation(a.manifest, a.tasks, a.limit);
     for (const auto& w : plan.warnings) std::fprintf(stderr, "pal-eval: warning: %s\n", w.c_str());

@@ -265,7 +265,7 @@ TEST(E2EPalEval, ComparesTwoModelsWithLimitJsonMarkdownAndPredictions) {
   const std::string args =
       " --model " + quote(test::tiny_model()) + " --model " + quote(test::tiny_model("prefix")) +
       " --name probe --name prefix --manifest " + quote(manifest) + " --tasks " + quote(dir / "stats.json") +
-      " --threads 2 --max-new-tokens 3 --batch-size 2 --limit 6" + " --json " + quote(dir / "eval.json") +
+      " --threads 2 --max-new-tokens 3 --batch-size 2 --limit 6" + " --json " + quote(dir / "out" / "eval.json") +
       " --markdown " + quote(dir / "eval.md") + " --predictions " + quote(dir / "predictions.jsonl");
   auto r = test::run_command(kPalEval + args);
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -280,7 +280,7 @@ TEST(E2EPalEval, ComparesTwoModelsWithLimitJsonMarkdownAndPredictions) {
   EXPECT_NE(md.find("| loud | closed_qa* | 3 | accuracy |"), std::string::npos) << md;
   EXPECT_EQ(md.find("| caption"), std::string::npos) << md;  // past --limit 6
   EXPECT_NE(r.output.find(md), std::string::npos);           // printed too
-  const json j = json::parse(read_file(dir / "eval.json"));
+  const json j = json::parse(read_file(dir / "out" / "eval.json"));  // the folder made by pal-eval
   EXPECT_EQ(j["examples"], 6);
   ASSERT_EQ(j["models"].size(), 2u);
   EXPECT_EQ(j["models"][1]["name"], "prefix");
@@ -315,6 +315,13 @@ TEST(E2EPalEval, ExitCodes) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
   r = test::run_command(kPalEval + " --manifest " + quote(manifest));
   EXPECT_EQ(r.exit_code, 2) << r.output;
+  // An output folder that cannot be made: 1, naming it, before any model is loaded.
+  write_file_atomic(dir / "blocker", "a file");
+  r = test::run_command(base + " --model " + quote(dir / "no-model") + " --json " + quote(dir / "blocker" / "e.json"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("cannot make the folder '" + (dir / "blocker").string() + "'"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("no-model"), std::string::npos) << r.output;
   // Unreadable audio: evaluated without it, 3.
   write_file_atomic(dir / "clips" / "c1.wav", "not audio");
   r = test::run_command(base + " --model " + quote(test::tiny_model()) + " --limit 4");
