@@ -113,7 +113,9 @@ EnsembleOutput PalModelImpl::encode_ensemble(const torch::Tensor& waveforms, con
       outputs.push_back(encoder->encode(waveforms, lengths));
     }
   }
-  return ensemble->forward(outputs);
+  torch::Tensor levels;
+  if (ensemble->config().level) levels = frame_levels(waveforms, lengths, ensemble->frame_samples());
+  return ensemble->forward(outputs, levels);
 }
 
 FusionOutput PalModelImpl::forward(const torch::Tensor& waveforms, const torch::Tensor& lengths,
