@@ -96,10 +96,6 @@ EncodedAudio encode_long_audio(models::PalModelImpl& model, const SampleReader& 
   std::vector<float> buffer;  // samples [buffer_start, buffer_start + size)
   int64_t buffer_start = 0, total = -1;
   EncodedAudio out;
-  // ensemble.level: each frame's sum of squares, as the samples arrive.
-  const int64_t level_frame = model.ensemble->config().level ? model.ensemble->frame_samples() : 0;
-  std::vector<double> level_sums;
-  int64_t level_done = 0;  // samples summed so far
 
   // Runs the pending windows of `s` as one batch; their valid outputs join s.hidden.
   auto run_pending = [&](EncoderStream& s) {
@@ -171,12 +167,6 @@ EncodedAudio encode_long_audio(models::PalModelImpl& model, const SampleReader& 
   while (total < 0) {
     if (!read(buffer)) total = buffer_start + static_cast<int64_t>(buffer.size());
     const int64_t end = buffer_start + static_cast<int64_t>(buffer.size());
-    for (; level_frame > 0 && level_done < end; ++level_done) {
-      const auto frame = static_cast<size_t>(level_done / level_frame);
-      if (frame >= level_sums.size()) level_sums.resize(frame + 1, 0.0);
-      const double v = buffer[static_cast<size_t>(level_done - buffer_start)];
-      level_sums[frame] += v * v;
-    }
     if (max_samples > 0 && end > max_samples)
       throw AudioError(name + ": longer than the limit of " + seconds_text(options.max_seconds) +
                        " (long_audio.max_seconds)");
@@ -211,15 +201,7 @@ EncodedAudio encode_long_audio(models::PalModelImpl& model, const SampleReader& 
                   .unsqueeze(0);
     outputs.push_back(std::move(o));
   }
-  torch::Tensor levels;
-  if (level_frame > 0) {  // as models::frame_levels computes it for a whole clip
-    std::vector<float> db(level_sums.size());
-    for (size_t i = 0; i < db.size(); ++i)
-      db[i] = static_cast<float>(10.0 * std::log10(std::max(level_sums[i] / static_cast<double>(level_frame), 1e-10)));
-    const torch::Tensor d = torch::tensor(db).unsqueeze(0);
-    levels = (torch::stack({d, d - d.max()}, 2) / 20.0).to(device);
-  }
-  models::EnsembleOutput fused = model.ensemble->forward(outputs, levels);
+  models::EnsembleOutput fused = model.ensemble->forward(outputs);
   for (models::AudioTokens* a : {&fused.prefix, &fused.probe})
     if (!a->empty()) *a = model.projector->forward(*a);
   out.tokens = fused;

@@ -4,7 +4,6 @@
 
 #include <cmath>
 
-#include "pal/audio/decode.h"
 #include "pal/core/error.h"
 #include "pal/models/audio_batch.h"
 
@@ -65,32 +64,7 @@ AudioTokens pad_to(const AudioTokens& a, int64_t length) {
   return {torch::constant_pad_nd(a.tokens, {0, 0, 0, extra}), torch::constant_pad_nd(a.mask, {0, extra}, 0)};
 }
 
-// levels [B, T, C] to exactly `length` steps: cut, or padded with its last step (the
-// streams' frame counts round their clips' ends differently by a step or so).
-torch::Tensor levels_for(const torch::Tensor& levels, int64_t length) {
-  const int64_t have = levels.size(1);
-  if (have >= length) return levels.narrow(1, 0, length);
-  if (have == 0) return torch::zeros({levels.size(0), length, levels.size(2)}, levels.options());
-  return torch::cat({levels, levels.narrow(1, have - 1, 1).expand({-1, length - have, -1})}, 1);
-}
-
 }  // namespace
-
-at::Tensor frame_levels(const at::Tensor& waveforms, const at::Tensor& lengths, int64_t frame_samples) {
-  if (waveforms.dim() != 2 || lengths.dim() != 1 || lengths.size(0) != waveforms.size(0))
-    throw ModelError("frame_levels: waveforms must be [batch, samples] with lengths [batch], got " +
-                     c10::str(waveforms.sizes()) + " and " + c10::str(lengths.sizes()));
-  if (frame_samples <= 0) throw ModelError("frame_levels: frame_samples must be > 0");
-  const int64_t batch = waveforms.size(0), n = waveforms.size(1);
-  const int64_t frames = (n + frame_samples - 1) / frame_samples, padded = frames * frame_samples;
-  torch::Tensor x = waveforms.to(torch::kFloat32);
-  torch::Tensor valid = torch::arange(n, lengths.options()).unsqueeze(0) < lengths.unsqueeze(1);
-  x = torch::constant_pad_nd(x * valid.to(x.scalar_type()), {0, padded - n});
-  torch::Tensor power = x.pow(2).view({batch, frames, frame_samples}).mean(2);
-  torch::Tensor db = 10.0 * torch::log10(power.clamp_min(1e-10));  // floor: -100 dB
-  torch::Tensor loudest = std::get<0>(db.max(1, /*keepdim=*/true));
-  return torch::stack({db, db - loudest}, 2) / 20.0;
-}
 
 EncoderEnsembleImpl::EncoderEnsembleImpl(const EnsembleConfig& config,
                                          const std::vector<EnsembleInput>& inputs)
@@ -132,18 +106,6 @@ EncoderEnsembleImpl::EncoderEnsembleImpl(const EnsembleConfig& config,
   if (config_.fusion == EnsembleFusion::concat_time)
     type_embedding = register_parameter(
         "type_embedding", torch::randn({static_cast<int64_t>(inputs_.size()), config_.width}) * 0.02);
-  if (config_.level) {
-    if (!(config_.frames_per_second > 0))
-      throw ConfigError("ensemble.level: needs frames_per_second > 0 (the level is measured per frame)");
-    const double samples = audio::kSampleRate / config_.frames_per_second;
-    if (std::abs(samples - std::round(samples)) > 1e-6)
-      throw ConfigError("ensemble.level: frames_per_second " + rate(config_.frames_per_second) +
-                        " is not a whole number of samples at " + std::to_string(audio::kSampleRate) + " Hz");
-    level_proj = register_module("level_proj", torch::nn::Linear(2, config_.width));
-    torch::NoGradGuard no_grad;
-    level_proj->weight.zero_();  // a model gains the input without its output changing
-    level_proj->bias.zero_();
-  }
   channel_mix_ = register_module("channel_mix", torch::nn::ModuleDict());
   if (config_.fusion == EnsembleFusion::concat_channel) {
     for (AudioRoute route : {AudioRoute::prefix, AudioRoute::probe}) {
@@ -156,22 +118,10 @@ EncoderEnsembleImpl::EncoderEnsembleImpl(const EnsembleConfig& config,
   }
 }
 
-int64_t EncoderEnsembleImpl::frame_samples() const {
-  return config_.frames_per_second > 0 ? std::llround(audio::kSampleRate / config_.frames_per_second) : 0;
-}
-
-EnsembleOutput EncoderEnsembleImpl::forward(const std::vector<EncoderOutput>& outputs, const at::Tensor& levels) {
+EnsembleOutput EncoderEnsembleImpl::forward(const std::vector<EncoderOutput>& outputs) {
   if (outputs.size() != inputs_.size())
     throw ModelError("ensemble: got " + std::to_string(outputs.size()) + " encoder outputs for " +
                      std::to_string(inputs_.size()) + " encoders");
-  torch::Tensor level_tokens;  // [B, T, width]
-  if (config_.level) {
-    if (!levels.defined() || levels.dim() != 3 || levels.size(2) != 2 ||
-        (!outputs.empty() && levels.size(0) != outputs[0].hidden.size(0)))
-      throw ModelError("ensemble (level: true): needs the clips' frame levels [batch, frames, 2], got " +
-                       (levels.defined() ? c10::str(levels.sizes()) : std::string("none")));
-    level_tokens = level_proj(levels.to(level_proj->weight.scalar_type()));
-  }
   std::vector<AudioTokens> parts[2], summary_parts;
   std::vector<size_t> index[2];
   size_t summary = 0;
@@ -188,7 +138,6 @@ EnsembleOutput EncoderEnsembleImpl::forward(const std::vector<EncoderOutput>& ou
     if (f > 1)
       aligned = s.align == TimeAlignment::pool ? average_pool(h, out.mask, f) : stack_frames(h, out.mask, f);
     aligned.tokens = proj.proj(aligned.tokens);
-    if (level_tokens.defined()) aligned.tokens = aligned.tokens + levels_for(level_tokens, aligned.tokens.size(1));
     const bool removed = i < removed_.size() && removed_[i];
     if (removed) aligned = {torch::zeros_like(aligned.tokens), torch::zeros_like(aligned.mask)};
     const int r = s.route == AudioRoute::prefix ? 0 : 1;

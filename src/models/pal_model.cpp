@@ -113,9 +113,7 @@ EnsembleOutput PalModelImpl::encode_ensemble(const torch::Tensor& waveforms, con
       outputs.push_back(encoder->encode(waveforms, lengths));
     }
   }
-  torch::Tensor levels;
-  if (ensemble->config().level) levels = frame_levels(waveforms, lengths, ensemble->frame_samples());
-  return ensemble->forward(outputs, levels);
+  return ensemble->forward(outputs);
 }
 
 FusionOutput PalModelImpl::forward(const torch::Tensor& waveforms, const torch::Tensor& lengths,

@@ -75,10 +75,7 @@ models::EnsembleOutput by_hand(models::PalModelImpl& model, const torch::Tensor&
     if (cls.defined()) whole.cls = (cls / count).unsqueeze(0);
     outputs.push_back(whole);
   }
-  torch::Tensor levels;
-  if (model.ensemble->config().level)
-    levels = models::frame_levels(w.unsqueeze(0), torch::tensor({total}), model.ensemble->frame_samples());
-  models::EnsembleOutput e = model.ensemble->forward(outputs, levels);
+  models::EnsembleOutput e = model.ensemble->forward(outputs);
   e.prefix = model.projector->forward(e.prefix);
   e.probe = model.projector->forward(e.probe);
   return e;
@@ -101,36 +98,6 @@ TEST(LongAudio, WindowsTileTimeAtTheEncodersFrameRate) {
   const models::EnsembleOutput expected = by_hand(*model, w);
   EXPECT_LT(test::relative_error(encoded.tokens.probe.tokens, expected.probe.tokens), 1e-5);
   EXPECT_LT(test::relative_error(encoded.tokens.prefix.tokens, expected.prefix.tokens), 1e-5);
-}
-
-// ensemble.level: the frames' loudness, summed as the samples stream in, is the whole
-// clip's (models::frame_levels), for a clip in one window and for a long one.
-TEST(LongAudio, LevelInputIsTheWholeClipsFrameLevels) {
-  auto config = config::parse<models::PalModelConfig>(test::tiny_model_yaml("probe"), "model.yaml");
-  config.ensemble.level = true;
-  torch::manual_seed(0);
-  models::PalModel model(config);
-  {
-    torch::NoGradGuard no_grad;
-    model->ensemble->level_proj->weight.normal_();  // zero at first: the input would not show
-  }
-  torch::Tensor w = noise(9000);
-  w.narrow(0, 0, 3000).mul_(10);  // a loud start, so that the frames differ
-  torch::NoGradGuard no_grad;
-  const models::EnsembleOutput direct = model->encode_audio(w.unsqueeze(0), torch::tensor({w.size(0)}));
-  const EncodedAudio encoded = encode_long_audio(*model, waveform_reader(w, 1000));
-  EXPECT_LT(test::relative_error(encoded.tokens.probe.tokens, direct.probe.tokens), 1e-5);
-  // Without the level input the tokens differ: the test above is not vacuous.
-  model->ensemble->level_proj->weight.zero_();
-  EXPECT_GT(test::relative_error(encode_long_audio(*model, waveform_reader(w, 1000)).tokens.probe.tokens,
-                                 direct.probe.tokens),
-            1e-3);
-  model->ensemble->level_proj->weight.normal_();
-  torch::Tensor long_clip = noise(196800) * torch::linspace(0.01, 1.0, 196800);
-  LongAudioOptions o;
-  o.windows_per_batch = 3;
-  const EncodedAudio streamed = encode_long_audio(*model, waveform_reader(long_clip, 7777), o);
-  EXPECT_LT(test::relative_error(streamed.tokens.probe.tokens, by_hand(*model, long_clip).probe.tokens), 1e-5);
 }
 
 TEST(LongAudio, ShortTailsAreLeftOutAndLimitsHold) {

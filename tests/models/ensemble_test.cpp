@@ -146,65 +146,6 @@ TEST(Ensemble, ConfigErrorsNameTheProblem) {
       << shape;
 }
 
-TEST(Ensemble, FrameLevelsAreDecibelsOfEachFrameAndBelowTheLoudest) {
-  // Clip 0: a frame at amplitude 0.1 (-20 dB), one at 0.01 (-40 dB), one of silence
-  // (the floor, -100 dB). Clip 1: 1.5 frames long, its frames past the end silent.
-  torch::Tensor w = torch::zeros({2, 30});
-  w[0].narrow(0, 0, 10).fill_(0.1);
-  w[0].narrow(0, 10, 10).fill_(-0.01);
-  w[1].fill_(1.0);  // -> 0 dB; samples past its length do not count
-  torch::Tensor levels = frame_levels(w, torch::tensor({30, 15}), 10);
-  ASSERT_EQ(levels.sizes(), (std::vector<int64_t>{2, 3, 2}));
-  const torch::Tensor expected = torch::tensor({-20.0, -40.0, -100.0, 0.0, 10.0 * std::log10(0.5), -100.0}) / 20;
-  EXPECT_TRUE(torch::allclose(levels.select(2, 0).flatten(), expected.to(torch::kFloat32), 1e-5, 1e-5))
-      << levels;
-  EXPECT_TRUE(torch::allclose(levels.select(2, 1).flatten(),
-                              (torch::tensor({0.0, -20.0, -80.0, 0.0, 10.0 * std::log10(0.5), -100.0}) / 20)
-                                  .to(torch::kFloat32),
-                              1e-5, 1e-5))
-      << levels;
-  EXPECT_THROW(frame_levels(w, torch::tensor({30}), 10), ModelError);
-}
-
-TEST(Ensemble, LevelInputAddsEachFramesLoudnessToEveryStream) {
-  torch::manual_seed(0);
-  torch::NoGradGuard no_grad;
-  EnsembleConfig c = two_streams(EnsembleFusion::concat_time, TimeAlignment::pool);
-  EncoderEnsemble plain(c, kWhisperAndAst);
-  c.level = true;
-  EncoderEnsemble leveled(c, kWhisperAndAst);
-  EXPECT_EQ(leveled->frame_samples(), 640);  // 16 kHz / 25 frames/s
-  auto mine = leveled->named_parameters();
-  for (const auto& p : plain->named_parameters()) mine[p.key()].copy_(p.value());
-  EncoderOutput whisper = fake_output({8, 5}, 12), ast = fake_output({4, 3}, 8);
-  torch::Tensor levels = torch::randn({2, 4, 2});
-  // Zero at first: the same tokens as without the input.
-  const EnsembleOutput before = plain->forward({whisper, ast});
-  EXPECT_TRUE(torch::allclose(leveled->forward({whisper, ast}, levels).probe.tokens, before.probe.tokens));
-  // Trained: each stream's step t gains level_proj(levels[:, t]), the same for both streams.
-  leveled->level_proj->weight.normal_();
-  leveled->level_proj->bias.normal_();
-  const EnsembleOutput after = leveled->forward({whisper, ast}, levels);
-  const torch::Tensor added = leveled->level_proj(levels);  // [2, 4, 16]
-  EXPECT_TRUE(torch::allclose(after.probe.tokens - before.probe.tokens, torch::cat({added, added}, 1), 1e-5, 1e-5));
-  EXPECT_TRUE(torch::equal(after.probe.mask, before.probe.mask));
-  // A shorter level sequence repeats its last frame; a missing one is an error.
-  const EnsembleOutput cut = leveled->forward({whisper, ast}, levels.narrow(1, 0, 3));
-  EXPECT_TRUE(torch::allclose(cut.probe.tokens.narrow(1, 3, 1) - before.probe.tokens.narrow(1, 3, 1),
-                              added.narrow(1, 2, 1), 1e-5, 1e-5));
-  std::string msg = test::error_message<ModelError>([&] { leveled->forward({whisper, ast}); });
-  EXPECT_NE(msg.find("level: true"), std::string::npos) << msg;
-  // The level is measured per frame of the common rate.
-  msg = test::error_message<ConfigError>(
-      [&] { config::parse<EnsembleConfig>("width: 8\nlevel: true\n", "ensemble.yaml"); });
-  EXPECT_NE(msg.find("level"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("frames_per_second"), std::string::npos) << msg;
-  c.frames_per_second = 15;  // 1066.7 samples a frame
-  msg = test::error_message<ConfigError>(
-      [&] { EncoderEnsemble(c, std::vector<EnsembleInput>{{"a", 8, 15.0}, {"b", 8, 15.0}}); });
-  EXPECT_NE(msg.find("not a whole number of samples"), std::string::npos) << msg;
-}
-
 TEST(Projector, MlpKeepsTokensLatentGivesFixedCount) {
   torch::manual_seed(0);
   torch::NoGradGuard no_grad;

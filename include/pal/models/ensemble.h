@@ -13,10 +13,6 @@
 // Optional summary tokens (the encoder's CLS, or its mean over valid frames when it has
 // none, normed and projected) are routed on their own (summary_route), e.g. `prefix` in
 // the paper's `pal` hybrid while the full sequences take the `probe` route.
-// Optional level input (level: true): the clip's loudness per ensemble frame, in dB of
-// the waveform and in dB below the clip's loudest frame, projected to the width and
-// added to every stream's tokens of that time step. The per-stream LayerNorm and the
-// encoders' own norms keep little of how loud a frame is; this puts it back.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -82,7 +78,6 @@ struct EnsembleConfig {
   EnsembleFusion fusion = EnsembleFusion::concat_time;
   AudioRoute summary_route = AudioRoute::prefix;  // route of the summary tokens
   std::vector<EnsembleStreamConfig> streams;      // one per encoder, in the encoders' order; empty: defaults
-  bool level = false;  // add each frame's loudness to its tokens (needs frames_per_second > 0)
 
   template <class V>
   void visit(V& v) {
@@ -91,11 +86,8 @@ struct EnsembleConfig {
     v("fusion", fusion);
     v("summary_route", summary_route);
     v("streams", streams);
-    v("level", level);
     v.check(fusion == EnsembleFusion::concat_time || frames_per_second > 0, "frames_per_second",
             "must be > 0 (a common frame rate) for concat_channel and sum fusion");
-    v.check(!level || frames_per_second > 0, "level",
-            "needs frames_per_second > 0 (the level is measured per frame of the common rate)");
   }
 };
 
@@ -119,24 +111,15 @@ struct EnsembleInput {
   int64_t cls_width = 0;  // size of its summary (cls) vector; 0: width
 };
 
-// Loudness per frame of the clips: waveforms [B, N] (16 kHz, zero-padded), lengths [B]
-// valid samples -> [B, ceil(N / frame_samples), 2] float: the frame's mean square in dB
-// (floor -100 dB) and that minus the clip's loudest frame, both divided by 20. Frames past
-// a clip's end read as silence.
-at::Tensor frame_levels(const at::Tensor& waveforms, const at::Tensor& lengths, int64_t frame_samples);
-
 class EncoderEnsembleImpl : public torch::nn::Module {
  public:
   // Throws ConfigError when a stream's frame rate is not an integer multiple of the
   // ensemble's, or the stream list does not match the encoders.
   EncoderEnsembleImpl(const EnsembleConfig& config, const std::vector<EnsembleInput>& inputs);
 
-  // One EncoderOutput per input, in order (batch sizes equal). `levels` ([B, T, 2], from
-  // frame_levels at frame_samples()) is required with config.level, ignored without.
-  EnsembleOutput forward(const std::vector<EncoderOutput>& outputs, const at::Tensor& levels = {});
+  // One EncoderOutput per input, in order (batch sizes equal).
+  EnsembleOutput forward(const std::vector<EncoderOutput>& outputs);
   int64_t width() const { return config_.width; }
-  // Samples (16 kHz) per frame of the common rate, for frame_levels; 0 without one.
-  int64_t frame_samples() const;
   const EnsembleConfig& config() const { return config_; }
 
   // Analysis (pal/analyze): streams, by encoder index, whose tokens forward() removes:
@@ -147,10 +130,9 @@ class EncoderEnsembleImpl : public torch::nn::Module {
   void set_removed_streams(std::vector<bool> removed) { removed_ = std::move(removed); }
 
   // Parameter names: streams.<i>.norm/proj, summaries.<i>.norm/proj, type_embedding,
-  // channel_mix.<route>, level_proj (level: true).
+  // channel_mix.<route>.
   torch::nn::ModuleList streams{nullptr}, summaries{nullptr};
   torch::Tensor type_embedding;  // [n_streams, width] (concat_time)
-  torch::nn::Linear level_proj{nullptr};  // 2 -> width, zero at first (level: true)
 
  private:
   struct Alignment {
