@@ -38,7 +38,7 @@ else
   scripts/make_demo_data.sh data/demo
 fi
 
-phase "3/5 training: 5 stages (configs/demo/curriculum.yaml -> runs/demo)"
+phase "3/5 training: 6 stages (configs/demo/curriculum.yaml -> runs/demo)"
 [ "$fresh" = 1 ] && rm -rf runs/demo
 threads=${PAL_DEMO_THREADS:-$(nproc)}
 # Keep even the largest freed activations in the heap (glibc; pal/core/runtime.h,

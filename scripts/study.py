@@ -8,10 +8,14 @@ same data with the same seeds; only the fusion design or the encoder set changes
   delayed         audio joins the sequence at fusion.start_layer
   probe           attention-only probe blocks in layers >= start_layer (PAL's probe)
   pal             the hybrid: summary tokens as a prefix, full sequences through probes
-  probe-whisper   probe with the Whisper-type encoder alone
-  probe-ast       probe with the AST-type encoder alone
+  probe-whisper   probe with the Whisper-type encoder alone (of the two main encoders)
+  probe-ast       probe with the AST-type encoder alone (of the two main encoders)
 
-For each variant and seed: pal-train (the five stages), then pal-eval on the test split.
+Every variant keeps the demo's small tone encoder (configs/demo/encoders/tones, trained in
+the curriculum's `tones` stage on which tone is louder): the single-encoder variants compare
+the speech encoder and the general-audio encoder, not the tone task.
+
+For each variant and seed: pal-train (the six stages), then pal-eval on the test split.
 The report (Markdown, also printed) gives mean +- std over seeds per task and metric, the
 relative change against prefix, the training step time (mean over the audio stages'
 steps) and the peak resident memory of the training process.
@@ -38,6 +42,7 @@ import sys
 import time
 
 ENCODERS = {
+    "tones": "{type: whisper, checkpoint: encoders/tones, weights: random}",
     "whisper": "{type: whisper, checkpoint: encoders/whisper, weights: random}",
     "ast": "{type: ast, checkpoint: encoders/ast, weights: random}",
 }
@@ -47,9 +52,9 @@ VARIANTS = {
     "delayed": ["model.fusion.mode=delayed"],
     "probe": ["model.fusion.mode=probe"],
     "pal": ["model.fusion.mode=pal", "model.ensemble.summary_route=prefix",
-            "model.ensemble.streams=[{summary_token: true}, {summary_token: true}]"],
-    "probe-whisper": ["model.fusion.mode=probe", f"model.encoders=[{ENCODERS['whisper']}]"],
-    "probe-ast": ["model.fusion.mode=probe", f"model.encoders=[{ENCODERS['ast']}]"],
+            "model.ensemble.streams=[{summary_token: true}, {summary_token: true}, {summary_token: true}]"],
+    "probe-whisper": ["model.fusion.mode=probe", f"model.encoders=[{ENCODERS['tones']}, {ENCODERS['whisper']}]"],
+    "probe-ast": ["model.fusion.mode=probe", f"model.encoders=[{ENCODERS['tones']}, {ENCODERS['ast']}]"],
 }
 AUDIO_STAGES = ("align", "probe", "instruct")
 
