@@ -1,5 +1,6 @@
 #include "pal/train/trainer.h"
 
+#include <fnmatch.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -431,7 +432,8 @@ TEST(Configs, ShippedCurriculaParse) {
   EXPECT_EQ(curricula, 6);
 }
 
-// The demo's curriculum (scripts/demo.sh): every stage reads, and the encoders are
+// The demo's curriculum (scripts/demo.sh): every stage reads; the tone encoder (encoders.0)
+// is trained by `classify` in `tones` and by no later stage; the two main encoders are
 // pre-trained by `classify` before the LLM reads them, then frozen until instruct; the
 // audio stages average the loss over examples.
 TEST(Configs, DemoCurriculumPretrainsTheEncoders) {
@@ -443,13 +445,27 @@ TEST(Configs, DemoCurriculumPretrainsTheEncoders) {
     ASSERT_NO_THROW(stages[stage.name] = load_stage_config(dir / stage.config, c.set)) << stage.config;
     names.push_back(stage.name);
   }
-  EXPECT_EQ(names, (std::vector<std::string>{"text", "encoders", "align", "probe", "instruct"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"text", "tones", "encoders", "align", "probe", "instruct"}));
+  EXPECT_EQ(stages["tones"].objective, Objective::classify);
   EXPECT_EQ(stages["encoders"].objective, Objective::classify);
-  for (const char* frozen : {"align", "probe"}) {
-    const auto& t = stages[frozen].trainable;
-    EXPECT_EQ(std::count(t.begin(), t.end(), "encoders"), 0) << frozen;
-    EXPECT_EQ(stages[frozen].objective, Objective::lm) << frozen;
+  const auto trains = [&](const std::string& stage, const std::string& parameter) {
+    for (const auto& pattern : stages[stage].trainable)
+      if (pattern == "encoders" || fnmatch(pattern.c_str(), parameter.c_str(), 0) == 0) return true;
+    return false;
+  };
+  const std::string tone_encoder = "encoders.0.layers.0.fc1.weight";
+  const std::string main_encoders[] = {"encoders.1.layers.0.fc1.weight", "encoders.2.layers.0.fc1.weight"};
+  EXPECT_TRUE(trains("tones", tone_encoder));
+  for (const auto& p : main_encoders) EXPECT_FALSE(trains("tones", p)) << p;
+  for (const char* later : {"encoders", "align", "probe", "instruct"})
+    EXPECT_FALSE(trains(later, tone_encoder)) << later;
+  for (const auto& p : main_encoders) {
+    EXPECT_TRUE(trains("encoders", p)) << p;
+    EXPECT_TRUE(trains("instruct", p)) << p;
+    EXPECT_FALSE(trains("align", p)) << p;
+    EXPECT_FALSE(trains("probe", p)) << p;
   }
+  for (const char* lm : {"align", "probe", "instruct"}) EXPECT_EQ(stages[lm].objective, Objective::lm) << lm;
   // Each answer weighs the same in the audio stages: a one-word answer as much as a caption.
   for (const char* audio : {"align", "probe", "instruct"})
     EXPECT_EQ(stages[audio].loss_mean, LossMean::examples) << audio;
