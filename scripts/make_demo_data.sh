@@ -435,6 +435,13 @@ def pipe(effects):
 # only their task's example (no caption, no speech-or-not), so the other tasks keep their mix.
 TONE_CLIPS = {"beeps": 320, "pitch": 200, "louder": 800}
 TONE_CAPTIONED = {"beeps": 80, "pitch": 200, "louder": 200}
+
+
+def extra_tone(c):
+    """A tone clip beyond the first TONE_CAPTIONED of its answer: its task's example only."""
+    return c["kind"] == "tone" and c["labels"]["k"] >= TONE_CAPTIONED[c["labels"]["task"]]
+
+
 tone_groups = collections.defaultdict(list)
 tone_specs = []
 for n in range(1, 6):
@@ -656,7 +663,7 @@ for c in clips:
             cap = ("a tone sweeping " if L["how"] == "sweep" else "tones stepping ") + ("up" if L["answer"] == "rising" else "down")
         else:
             cap = "two tones, the %s one louder" % L["answer"]
-        if L["k"] < TONE_CAPTIONED[L["task"]]:  # the clips beyond: their task's examples only
+        if not extra_tone(c):
             if rng.random() < 0.5:
                 ex(c, "caption", cap)
             ex(c, "speech_or_not", "no", pool="sp_no")
@@ -682,8 +689,7 @@ for c in clips:
 # (yes/no and male/female each at most a tenth of the split's clips: the tasks are easy)
 for s in SPLITS:
     P = pools[s]
-    n_clips = len({c["name"] for c in clips if split_of(c) == s and
-                   not (c["kind"] == "tone" and c["labels"]["k"] >= TONE_CAPTIONED[c["labels"]["task"]])})
+    n_clips = len({c["name"] for c in clips if split_of(c) == s and not extra_tone(c)})
     for a, b in (("sp_yes", "sp_no"), ("voice_male", "voice_female")):
         n = min(len(P[a]), len(P[b]), max(1, n_clips // 10))
         for key in (a, b):
