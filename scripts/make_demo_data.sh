@@ -204,10 +204,10 @@ def norm_text(s):
 source_split = {}
 
 
-def assign(groups):
+def assign(groups, r=rng):
     for key in sorted(groups):
         ids = sorted(groups[key])
-        rng.shuffle(ids)
+        r.shuffle(ids)
         n = len(ids)
         n_eval = max(1, round(0.1 * n)) if n >= 3 else 0
         for i, sid in enumerate(ids):
@@ -431,12 +431,17 @@ def pipe(effects):
 
 # Clips per answer. A small encoder trained from scratch memorises a few hundred clips of
 # beeps or louder before it finds the rule (louder: 0.74 on train, 0.60 on validation with
-# 160 clips per answer; docs/demo.md); pitch has as many for the tone encoder, and for a test
-# set (160 items) on which one run's score is not a coin toss (41 items gave 0.49-0.76). The
-# clips beyond the first 80 / 200 / 200 per answer have only their task's example (no
-# caption, no speech-or-not), so the other tasks keep their mix.
-TONE_CLIPS = {"beeps": 320, "pitch": 800, "louder": 800}
+# 160 clips per answer; docs/demo.md). The clips beyond the first 80 / 200 / 200 per answer
+# have only their task's example (no caption, no speech-or-not), so the other tasks keep
+# their mix.
+TONE_CLIPS = {"beeps": 320, "pitch": 200, "louder": 800}
 TONE_CAPTIONED = {"beeps": 80, "pitch": 200, "louder": 200}
+# More clips per answer, added after the rest of the set was measured: pitch 800 in all, for
+# the tone encoder and for a test set (160 items) on which one run's score is not a coin toss
+# (41 items gave 0.49-0.76). They come from a random stream of their own (seeded by the task),
+# so that every other clip, split and example stays as it was and runs before and after
+# compare on the same test items.
+TONE_LATE = {"pitch": 600}
 
 
 def extra_tone(c):
@@ -444,55 +449,68 @@ def extra_tone(c):
     return c["kind"] == "tone" and c["labels"]["k"] >= TONE_CAPTIONED[c["labels"]["task"]]
 
 
-tone_groups = collections.defaultdict(list)
-tone_specs = []
-for n in range(1, 6):
-    for k in range(TONE_CLIPS["beeps"]):
-        tone_specs.append(("beeps", "%d_%03d" % (n, k), n, k))
-for label in ("rising", "falling"):
-    for k in range(TONE_CLIPS["pitch"]):
-        tone_specs.append(("pitch", "%s_%03d" % (label, k), label, k))
-for label in ("first", "second"):
-    for k in range(TONE_CLIPS["louder"]):
-        tone_specs.append(("louder", "%s_%03d" % (label, k), label, k))
-for task, tag, label, _ in tone_specs:
-    tone_groups[task + str(label)].append("tone/%s_%s" % (task, tag))
-assign(tone_groups)
-for task, tag, label, k in tone_specs:
+def make_tone(task, tag, label, k, r):
+    """The sox command of one tone clip, its parameters drawn from the random generator r."""
     sid = "tone/%s_%s" % (task, tag)
     name = "tn_%s_%s" % (task, tag)
-    wv = rng.choice(WAVES)
-    lead = f3(rng.uniform(0.1, 0.6))
+    wv = r.choice(WAVES)
+    lead = f3(r.uniform(0.1, 0.6))
     if task == "beeps":
-        d, gap, f = rng.uniform(0.08, 0.3), rng.uniform(0.12, 0.45), rng.randint(300, 2000)
+        d, gap, f = r.uniform(0.08, 0.3), r.uniform(0.12, 0.45), r.randint(300, 2000)
         eff = tone(d, wv, str(f), -3) + ["pad", "0", f3(gap), "repeat", str(label - 1), "pad", lead, "0.2",
-                                         "gain", "-n", f3(-rng.uniform(1, 15))]
+                                         "gain", "-n", f3(-r.uniform(1, 15))]
         cmds = [["sox", "-R", "-V1", "-r", str(RATE), "-c", "1", "-n", "-b", "16", dst(name)] + eff]
         clip(name, cmds, [sid], "tone", task=task, answer=NUM[label], n=label, k=k)
     elif task == "pitch":
-        lo, hi = rng.randint(200, 600), rng.randint(700, 2000)
+        lo, hi = r.randint(200, 600), r.randint(700, 2000)
         a, b = (lo, hi) if label == "rising" else (hi, lo)
-        if rng.random() < 0.5:  # a sweep
-            d = rng.uniform(0.6, 2.0)
-            eff = tone(d, wv, "%d/%d" % (a, b), -3) + ["pad", lead, "0.2", "gain", "-n", f3(-rng.uniform(1, 12))]
+        if r.random() < 0.5:  # a sweep
+            d = r.uniform(0.6, 2.0)
+            eff = tone(d, wv, "%d/%d" % (a, b), -3) + ["pad", lead, "0.2", "gain", "-n", f3(-r.uniform(1, 12))]
             cmds = [["sox", "-R", "-V1", "-r", str(RATE), "-c", "1", "-n", "-b", "16", dst(name)] + eff]
             how = "sweep"
         else:  # two to four steps
-            steps = rng.randint(2, 4)
+            steps = r.randint(2, 4)
             freqs = [round(a * (b / a) ** (i / (steps - 1))) for i in range(steps)]
-            d, gap = rng.uniform(0.15, 0.4), rng.uniform(0.0, 0.15)
+            d, gap = r.uniform(0.15, 0.4), r.uniform(0.0, 0.15)
             ins = [pipe(tone(d, wv, str(fr), -3) + ["pad", "0", f3(gap)]) for fr in freqs]
-            cmds = [sox_cmd(ins, name, ["pad", lead, "0.2", "gain", "-n", f3(-rng.uniform(1, 12))])]
+            cmds = [sox_cmd(ins, name, ["pad", lead, "0.2", "gain", "-n", f3(-r.uniform(1, 12))])]
             how = "steps"
         clip(name, cmds, [sid], "tone", task=task, answer=label, how=how, k=k)
     else:  # louder
-        f = rng.randint(250, 1500)  # both tones: the level is all that differs (docs/demo.md)
-        diff = rng.uniform(12, 24)
+        f = r.randint(250, 1500)  # both tones: the level is all that differs (docs/demo.md)
+        diff = r.uniform(12, 24)
         g1, g2 = (-3, -3 - diff) if label == "first" else (-3 - diff, -3)
-        d, gap = rng.uniform(0.3, 0.8), rng.uniform(0.2, 0.5)
+        d, gap = r.uniform(0.3, 0.8), r.uniform(0.2, 0.5)
         ins = [pipe(tone(d, wv, str(f), g1) + ["pad", "0", f3(gap)]), pipe(tone(d, wv, str(f), g2))]
-        cmds = [sox_cmd(ins, name, ["pad", lead, "0.2", "gain", "-n", f3(-rng.uniform(1, 10))])]
+        cmds = [sox_cmd(ins, name, ["pad", lead, "0.2", "gain", "-n", f3(-r.uniform(1, 10))])]
         clip(name, cmds, [sid], "tone", task=task, answer=label, k=k)
+
+
+ANSWERS = {"beeps": range(1, 6), "pitch": ("rising", "falling"), "louder": ("first", "second")}
+
+
+def tone_set(counts, first):
+    """Specs (task, tag, label, k) of counts[task] clips per answer, k from first[task] on."""
+    return [(task, "%s_%03d" % (label, k), label, k)
+            for task in counts for label in ANSWERS[task] for k in range(first[task], first[task] + counts[task])]
+
+
+def add_tones(specs, r):
+    groups = collections.defaultdict(list)
+    for task, tag, label, _ in specs:
+        groups[task + str(label)].append("tone/%s_%s" % (task, tag))
+    assign(groups, r)
+    for spec in specs:
+        make_tone(*spec, r)
+
+
+add_tones(tone_set(TONE_CLIPS, {t: 0 for t in TONE_CLIPS}), rng)
+for task, n in TONE_LATE.items():
+    late_rng, n_before = random.Random("%d/%s" % (SEED, task)), len(clips)
+    add_tones(tone_set({task: n}, {task: TONE_CLIPS[task]}), late_rng)
+    for c in clips[n_before:]:
+        c["late_rng"] = late_rng  # their examples too (below)
 
 
 # ---- run ----------------------------------------------------------------------------------------
@@ -600,9 +618,13 @@ def split_of(c):
     return splits.pop()
 
 
+def example(c, task, output, r=rng):
+    return {"audio": c["name"], "instruction": r.choice(ASK[task]), "output": output, "task": task,
+            "sources": c["sources"]}
+
+
 def ex(c, task, output, pool=None):
-    r = {"audio": c["name"], "instruction": rng.choice(ASK[task]), "output": output, "task": task,
-         "sources": c["sources"]}
+    r = example(c, task, output)
     s = split_of(c)
     if pool:
         pools[s][pool].append(r)
@@ -617,6 +639,8 @@ def speech_caption(gender, text, short=True):
 
 for c in clips:
     L = c["labels"]
+    if "late_rng" in c:
+        continue
     if c["kind"] == "sonic":
         ex(c, "cla", CLA_OF_CLASS[L["cls"]])
         if rng.random() < 0.5:  # the caption says what cla says: half of them
@@ -702,6 +726,10 @@ for s in SPLITS:
     rng.shuffle(P["cla_speech"])
     records[s] += P["cla_speech"][:max(0, target)]
     rng.shuffle(records[s])
+for c in clips:  # the late clips' examples (their task's only), each at a random place
+    if "late_rng" in c:
+        r, s = c["late_rng"], split_of(c)
+        records[s].insert(r.randint(0, len(records[s])), example(c, c["labels"]["task"], c["labels"]["answer"], r))
 
 # ---- leakage guard, manifests --------------------------------------------------------------
 owner = {}
@@ -751,9 +779,14 @@ rng.shuffle(text)
 write_jsonl(os.path.join(OUT, "text.jsonl"), text)
 
 # tokenizer corpus: every train and text record once, in the plain chat format's words, so
-# that the frequent strings of training (questions, answers, "User:") become few pieces
+# that the frequent strings of training (questions, answers, "User:") become few pieces. The
+# late clips' examples repeat questions and answers the others have: without them the
+# tokenizer stays as it was.
+late_audio = {c["name"] for c in clips if "late_rng" in c}
 with open(os.path.join(OUT, ".spm_corpus.txt"), "w", encoding="utf-8") as fh:
     for r in records["train"] + text:
+        if r.get("audio") in late_audio:
+            continue
         fh.write("User: %s\nAssistant: %s\n" % (r["instruction"], r["output"]))
 
 # ---- stats ----------------------------------------------------------------------------------

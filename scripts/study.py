@@ -12,8 +12,9 @@ same data with the same seeds; only the fusion design or the encoder set changes
   probe-ast       probe with the AST-type encoder alone (of the two main encoders)
 
 Every variant keeps the demo's small tone encoder (configs/demo/encoders/tones, trained in
-the curriculum's `tones` stage on which tone is louder): the single-encoder variants compare
-the speech encoder and the general-audio encoder, not the tone task.
+the curriculum's `tones` stage on which tone is louder and whether a tone rises or falls):
+the single-encoder variants compare the speech encoder and the general-audio encoder, not
+the tone tasks.
 
 For each variant and seed: pal-train (the six stages), then pal-eval on the test split.
 The report (Markdown, also printed) gives mean +- std over seeds per task and metric, the
