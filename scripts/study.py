@@ -12,7 +12,7 @@ same data with the same seeds; only the fusion design or the encoder set changes
   probe-ast       probe with the AST-type encoder alone (of the two main encoders)
 
 Every variant keeps the demo's small tone encoder (configs/demo/encoders/tones, trained in
-the curriculum's `tones` stage on which tone is louder and whether a tone rises or falls):
+the curriculum's `tones` stage on the three tone tasks: louder, pitch and beeps):
 the single-encoder variants compare the speech encoder and the general-audio encoder, not
 the tone tasks.
 
