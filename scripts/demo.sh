@@ -47,12 +47,13 @@ export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-1000000000}
 "$bin/pal-train" --curriculum configs/demo/curriculum.yaml --set "threads=$threads"
 
 phase "4/5 evaluation on the held-out test split (pal-eval)"
-"$bin/pal-eval" --model runs/demo/instruct/final --name demo \
+"$bin/pal-eval" --model runs/demo/instruct/final --name demo --majority data/demo/train.jsonl \
   --manifest data/demo/test.jsonl --tasks data/demo/stats.json \
   --batch-size 16 --max-new-tokens 24 --threads "$threads" \
   --json runs/demo/eval.json --markdown runs/demo/eval.md --predictions runs/demo/eval_predictions.jsonl
 echo
-echo "Chance levels (data/demo/stats.json: majority answer of the test split / uniform over classes):"
+echo "The column 'majority' is chance: every task answered with its most frequent training answer."
+echo "Chance levels of the closed tasks (data/demo/stats.json: majority answer of the test split / uniform over classes):"
 python3 - <<'EOF'
 import json
 tasks = json.load(open("data/demo/stats.json"))["tasks"]

@@ -130,6 +130,21 @@ def task_metrics(eval_json):
     return out
 
 
+def chance_metrics(args):
+    """{task: {metric: value}} of pal-eval's majority column: every test item answered with its
+    task's most frequent answer in the training manifest (the chance of the open tasks' BLEU-4
+    and CIDEr-D too). Empty when pal-eval cannot make it (a build before --majority)."""
+    train = os.path.join(os.path.dirname(os.path.abspath(args.manifest)), "train.jsonl")
+    result = os.path.join(args.out, "chance.json")
+    os.makedirs(args.out, exist_ok=True)
+    cmd = [os.path.join(args.bin, "pal-eval"), "--majority", train, "--manifest", args.manifest,
+           "--tasks", args.tasks, "--json", result]
+    if subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
+        log(f"no majority column from pal-eval ({' '.join(cmd)}); open tasks without chance")
+        return {}
+    return task_metrics(json.load(open(result)))
+
+
 def mean_std(values):
     if not values:
         return float("nan"), float("nan")
@@ -216,6 +231,7 @@ def main():
 
     # ---- report ---------------------------------------------------------------------------
     stats = json.load(open(args.tasks))["tasks"]
+    majority = chance_metrics(args)
     tasks = sorted({t for runs in rows.values() for r in runs for t in r["metrics"]})
     base = "prefix" if "prefix" in rows else args.variants[0]
     summary = {"seeds": args.seeds, "variants": {}, "baseline": base}
@@ -224,7 +240,10 @@ def main():
              f"`scripts/study.sh` (seeds {', '.join(map(str, args.seeds))}; runs per variant: "
              f"{', '.join(f'{v} {len(r)}' for v, r in rows.items())}; "
              f"curriculum `{args.curriculum}`; test split `{args.manifest}`). "
-             f"Each cell: mean +- std over seeds; in brackets the relative change of the mean against `{base}`.",
+             f"Each cell: mean +- std over seeds; in brackets the relative change of the mean against `{base}`. "
+             "Chance: for the closed tasks' accuracy the larger of the test split's majority share and "
+             "1 / classes; for the open tasks what a model reaches that answers each task with its most "
+             "frequent training answer (`pal-eval --majority`).",
              ""]
     header = "| task | metric | chance | " + " | ".join(rows) + " |"
     lines += [header, "|" + "---|" * (3 + len(rows))]
@@ -236,6 +255,8 @@ def main():
             st = stats.get(task, {})
             if metric == "accuracy" and st.get("closed"):
                 chance = f"{max(st.get('majority_rate_test', 0), st.get('chance_uniform', 0)):.3f}"
+            elif not st.get("closed") and metric in majority.get(task, {}):
+                chance = f"{majority[task][metric]:.3f}"
             cells = []
             base_mean = mean_std([r["metrics"].get(task, {}).get(metric) for r in rows.get(base, [])
                                   if r["metrics"].get(task, {}).get(metric) is not None])[0]

@@ -2,10 +2,12 @@
 //
 //   pal-eval --model runs/a/final --model runs/b/final --manifest data/demo/test.jsonl
 //            --tasks data/demo/stats.json --json eval.json --markdown eval.md
+//   pal-eval --majority data/demo/train.jsonl --manifest data/demo/test.jsonl ...   # chance alone
 //
 // Metrics (pal/eval/evaluate.h): accuracy (exact match) for every task, mAP for closed
 // tasks, BLEU-4 and CIDEr-D for open ones. The Markdown table (on stdout, and in the
-// --markdown file) has a row per task x metric and a column per model.
+// --markdown file) has a row per task x metric and a column per model; with --majority a
+// first column "majority": chance, each task answered with its most frequent training answer.
 //
 // Exit codes: 0 success; 1 bad input (a model folder that does not load, a manifest or
 // tasks file that cannot be read; the message names it); 2 bad usage; 3 finished, but
@@ -29,7 +31,7 @@ namespace {
 
 struct Args {
   std::vector<std::string> models, names;
-  std::string manifest, tasks, json, markdown, predictions;
+  std::string manifest, tasks, json, markdown, predictions, majority;
   int64_t limit = 0;
   std::string device = "cpu", dtype, log_level = "warn";
   int threads = 0;
@@ -86,8 +88,10 @@ int main(int argc, char** argv) {
       "Exit codes: 0 success, 1 bad input (model folder, manifest, tasks file), 2 bad usage, 3 some items "
       "could not be evaluated (unreadable audio).");
   Args a;
-  app.add_option("--model", a.models, "model folder (model.yaml + model.safetensors); repeat to compare")
-      ->required();
+  app.add_option("--model", a.models, "model folder (model.yaml + model.safetensors); repeat to compare");
+  app.add_option("--majority", a.majority,
+                 "training manifest: add a first column 'majority' (chance), every task answered with its "
+                 "most frequent answer there");
   app.add_option("--name", a.names, "a column label per --model (default: the folder as given)");
   app.add_option("--manifest", a.manifest, "test JSONL: {audio, instruction, output, task} lines")
       ->required();
@@ -114,6 +118,8 @@ int main(int argc, char** argv) {
   a.eval.generation.max_new_tokens = 64;
   try {
     app.parse(argc, argv);
+    if (a.models.empty() && a.majority.empty())
+      throw CLI::ValidationError("--model", "give a --model to evaluate (or --majority for the chance column)");
     if (!a.names.empty() && a.names.size() != a.models.size())
       throw CLI::ValidationError("--name", "give one --name per --model (" + std::to_string(a.models.size()) +
                                                " models, " + std::to_string(a.names.size()) + " names)");
@@ -160,6 +166,12 @@ int main(int argc, char** argv) {
                  kinds.c_str());
 
     std::vector<pal::eval::ModelResult> results;
+    if (!a.majority.empty()) {
+      std::vector<std::string> warnings;
+      results.push_back(pal::eval::majority_baseline(plan, a.majority, &warnings));
+      for (const auto& w : warnings) std::fprintf(stderr, "pal-eval: warning: %s\n", w.c_str());
+      std::fprintf(stderr, "pal-eval: [majority] %s\n", results.back().description.c_str());
+    }
     for (size_t m = 0; m < a.models.size(); ++m) {
       const std::string name = a.names.empty() ? a.models[m] : a.names[m];
       pal::Pipeline pipeline = [&] {

@@ -334,6 +334,71 @@ void compute_metrics(const EvalPlan& plan, ModelResult& result) {
   result.all.metrics.push_back({"accuracy", mean(all_correct)});
 }
 
+ModelResult majority_baseline(const EvalPlan& plan, const fs::path& train_manifest,
+                              std::vector<std::string>* warnings) {
+  if (!fs::is_regular_file(train_manifest)) throw IoError(train_manifest.string() + ": no such manifest");
+  struct Count {
+    int64_t n = 0, first = 0;  // occurrences; order of the first one
+    std::string spelling;      // as first written
+  };
+  std::map<std::string, std::map<std::string, Count>> counts;  // task -> normalised answer -> count
+  data::ManifestReader reader(train_manifest);
+  data::ManifestReader::Line line;
+  int64_t order = 0, skipped = 0;
+  while (reader.next(line)) {
+    if (line.text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      const data::Example e = data::parse_record(line.text, train_manifest.parent_path(),
+                                                 train_manifest.string() + ":" + std::to_string(line.number),
+                                                 /*require_audio=*/false);
+      Count& c = counts[e.task.empty() ? "default" : e.task][normalize_answer(e.output)];
+      if (c.n++ == 0) {
+        c.first = order++;
+        c.spelling = e.output;
+      }
+    } catch (const DataError&) {
+      ++skipped;
+    }
+  }
+  if (skipped > 0 && warnings)
+    warnings->push_back(train_manifest.string() + ": " + std::to_string(skipped) +
+                        " lines without a usable answer, not counted");
+  std::map<std::string, std::string> answer;  // task -> its most frequent answer
+  std::string listed;
+  for (const auto& entry : plan.tasks) {
+    const std::string& task = entry.first;
+    auto it = counts.find(task);
+    if (it == counts.end()) {
+      if (warnings)
+        warnings->push_back(train_manifest.string() + ": no answer for task '" + task + "'; answered \"\"");
+      answer[task] = "";
+      continue;
+    }
+    const Count* best = nullptr;
+    for (const auto& entry : it->second) {
+      const Count& c = entry.second;
+      if (!best || c.n > best->n || (c.n == best->n && c.first < best->first)) best = &c;
+    }
+    answer[task] = best->spelling;
+    listed += (listed.empty() ? "" : ", ") + task + " '" + best->spelling + "'";
+  }
+  ModelResult result;
+  result.name = "majority";
+  result.folder = train_manifest.string();
+  result.description = "the most frequent answer per task in " + train_manifest.string() + ": " + listed;
+  result.items.resize(plan.items.size());
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const EvalItem& item = plan.items[i];
+    ItemResult& r = result.items[i];
+    r.prediction = answer.at(item.task);
+    r.correct = !r.prediction.empty() &&
+                std::any_of(item.references.begin(), item.references.end(),
+                            [&](const std::string& ref) { return answers_match(r.prediction, ref); });
+  }
+  compute_metrics(plan, result);
+  return result;
+}
+
 std::string results_json(const EvalPlan& plan, const std::vector<ModelResult>& results) {
   json j;
   j["manifest"] = plan.manifest.string();

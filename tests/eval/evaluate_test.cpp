@@ -257,6 +257,81 @@ std::string quote(const fs::path& p) {
   return "'" + p.string() + "'";
 }
 
+// The chance column: a task's most frequent training answer for every item.
+fs::path write_train_manifest(const fs::path& dir) {
+  write_file_atomic(dir / "train.jsonl",
+                    R"({"audio": "clips/c0.wav", "instruction": "Which digit?", "output": "two", "task": "digit"}
+{"audio": "clips/c1.wav", "instruction": "Which digit?", "output": "one", "task": "digit"}
+{"audio": "clips/c2.wav", "instruction": "Which digit?", "output": "One.", "task": "digit"}
+{"audio": "clips/c0.wav", "instruction": "Which digit?", "output": "Two", "task": "digit"}
+{"audio": "clips/c0.wav", "instruction": "Caption it.", "output": "A low tone.", "task": "caption"}
+{"audio": "clips/c1.wav", "instruction": "Caption it.", "output": "a middle tone", "task": "caption"}
+{"audio": "clips/c2.wav", "instruction": "Caption it.", "output": "a low tone", "task": "caption"}
+{"audio": "clips/c2.wav", "instruction": "Caption it.", "task": "caption"}
+)");
+  return dir / "train.jsonl";
+}
+
+TEST(EvaluateMajority, AnswersEachTasksMostFrequentTrainingAnswer) {
+  test::TempDir dir;
+  write_file_atomic(dir / "stats.json",
+                    R"({"tasks": {"digit": {"closed": true, "classes": ["one", "two", "three"]}}})");
+  const eval::EvalPlan plan = eval::plan_evaluation(write_manifest(dir.path()), dir / "stats.json");
+  std::vector<std::string> warnings;
+  const eval::ModelResult r = eval::majority_baseline(plan, write_train_manifest(dir.path()), &warnings);
+  EXPECT_EQ(r.name, "majority");
+  // digit: "two" and "one" twice each (normalised); the tie goes to "two", met first.
+  // caption: "a low tone" twice, in its first spelling. loud: not in the training manifest.
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const std::string& task = plan.items[i].task;
+    const std::string want = task == "digit" ? "two" : task == "caption" ? "A low tone." : "";
+    EXPECT_EQ(r.items[i].prediction, want) << task;
+  }
+  EXPECT_NE(r.description.find("digit 'two'"), std::string::npos) << r.description;
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_NE(warnings[0].find("train.jsonl: 1 lines without a usable answer"), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[1].find("no answer for task 'loud'"), std::string::npos) << warnings[1];
+
+  auto metric = [&](const std::string& task, const std::string& name) {
+    for (const auto& m : r.tasks.at(task).metrics)
+      if (m.name == name) return m.value;
+    return std::nan("");
+  };
+  EXPECT_DOUBLE_EQ(metric("digit", "accuracy"), 1.0 / 3.0);  // one, two, Three.
+  EXPECT_TRUE(std::isnan(metric("digit", "mAP")));           // a constant answer ranks nothing
+  EXPECT_DOUBLE_EQ(metric("loud", "accuracy"), 0.0);
+  // caption: c0 (references "a low tone", "a tone plays") right, c1 ("a middle tone") wrong.
+  EXPECT_DOUBLE_EQ(metric("caption", "accuracy"), 0.5);
+  EXPECT_GT(metric("caption", "CIDEr-D"), 0.0);
+  EXPECT_DOUBLE_EQ(metric("caption", "BLEU-4"), 0.0);  // three words: no 4-gram
+  EXPECT_EQ(r.all.n, static_cast<int64_t>(plan.items.size()));
+
+  EXPECT_THROW(eval::majority_baseline(plan, dir / "missing.jsonl"), IoError);
+}
+
+TEST(E2EPalEval, MajorityColumnAloneOrBesideAModel) {
+  test::TempDir dir;
+  const fs::path manifest = write_manifest(dir.path());
+  const fs::path train = write_train_manifest(dir.path());
+  const std::string base = kPalEval + " --threads 2 --max-new-tokens 3 --manifest " + quote(manifest);
+  auto r = test::run_command(base + " --majority " + quote(train) + " --json " + quote(dir / "chance.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("| task | kind | n | metric | majority |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("no answer for task 'loud'"), std::string::npos) << r.output;
+  const json j = json::parse(read_file(dir / "chance.json"));
+  ASSERT_EQ(j["models"].size(), 1u);
+  EXPECT_DOUBLE_EQ(j["models"][0]["tasks"]["caption"]["metrics"]["accuracy"].get<double>(), 0.5);
+
+  r = test::run_command(base + " --majority " + quote(train) + " --model " + quote(test::tiny_model()) +
+                        " --name tiny --limit 3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("| task | kind | n | metric | majority | tiny |"), std::string::npos) << r.output;
+
+  r = test::run_command(base + " --majority " + quote(dir / "none.jsonl"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find((dir / "none.jsonl").string() + ": no such manifest"), std::string::npos) << r.output;
+}
+
 TEST(E2EPalEval, ComparesTwoModelsWithLimitJsonMarkdownAndPredictions) {
   test::TempDir dir;
   const fs::path manifest = write_manifest(dir.path());

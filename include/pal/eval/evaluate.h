@@ -138,6 +138,17 @@ ModelResult evaluate(Pipeline& pipeline, const EvalPlan& plan, const EvalOptions
 // The metrics of `items` (by plan.items): what evaluate() fills in.
 void compute_metrics(const EvalPlan& plan, ModelResult& result);
 
+// The chance column: every item answered with its task's most frequent answer in
+// `train_manifest` (answers counted after normalize_answer(); a tie goes to the answer met
+// first; given in its first spelling), scored as evaluate() scores a model, without mAP (a
+// constant answer ranks nothing). This is what a model that ignores the audio and the
+// question's details reaches, for the open tasks' BLEU-4 and CIDEr-D too. A task of `plan`
+// without an answer in `train_manifest` is answered "" and named in `warnings`; so are the
+// training manifest's unusable lines. description lists the answers. Throws IoError when
+// `train_manifest` cannot be read.
+ModelResult majority_baseline(const EvalPlan& plan, const std::filesystem::path& train_manifest,
+                              std::vector<std::string>* warnings = nullptr);
+
 // Reports. JSON: the plan (manifest, kinds, counts) and per model per task n and metrics
 // (NaN as null). Markdown: one row per task x metric, one column per model.
 std::string results_json(const EvalPlan& plan, const std::vector<ModelResult>& results);
