@@ -269,12 +269,28 @@ def main():
                     f" ({(m - base_mean) / base_mean * 100:+.0f}%)"
                 cells.append(f"{m:.3f} +- {s:.3f}{rel}")
             lines.append(f"| {task} | {metric} | {chance} | " + " | ".join(cells) + " |")
-    lines += ["", "| variant | step time (s, audio stages) | peak memory (MiB, training process) |", "|---|---|---|"]
+    # Cost. Runs of one seed ran one after another, so each seed's ratios against the baseline
+    # compare runs on one machine, even when seeds ran on different ones.
+    base_runs = {r["seed"]: r for r in rows.get(base, [])}
+    lines += ["", "Cost per variant: the training step time (mean over the audio stages' steps) and the peak "
+              "resident memory of the training process; per seed, as a ratio against the same seed's "
+              f"`{base}` run.", "",
+              "| variant | step time (s) | peak memory (MiB) | step time per seed (x " + base + ") "
+              "| peak memory per seed (x " + base + ") |", "|---|---|---|---|---|"]
     for variant, runs in rows.items():
         st, ss = mean_std([r["step_s"] for r in runs])
         pm, ps = mean_std([r["peak_mib"] for r in runs])
         summary["variants"].setdefault(variant, {})["_cost"] = {"step_s": st, "peak_mib": pm}
-        lines.append(f"| {variant} | {st:.3f} +- {ss:.3f} | {pm:.0f} +- {ps:.0f} |")
+
+        def per_seed(key, fmt):
+            cells = []
+            for r in sorted(runs, key=lambda r: r["seed"]):
+                b = base_runs.get(r["seed"])
+                ratio = f" ({r[key] / b[key]:.2f})" if b and b[key] and variant != base else ""
+                cells.append(f"s{r['seed']} {fmt.format(r[key])}{ratio}")
+            return ", ".join(cells)
+        lines.append(f"| {variant} | {st:.3f} +- {ss:.3f} | {pm:.0f} +- {ps:.0f} | "
+                     f"{per_seed('step_s', '{:.3f}')} | {per_seed('peak_mib', '{:.0f}')} |")
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.doc)), exist_ok=True)
