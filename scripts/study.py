@@ -190,8 +190,9 @@ def main():
     fingerprint = digest.hexdigest()
 
     rows = {}  # variant -> list of per-seed dicts
-    for variant in args.variants:
-        for seed in args.seeds:
+    # Seed by seed, so that the runs a seed's cost ratios pair ran close together in time.
+    for seed in args.seeds:
+        for variant in args.variants:
             record_file = os.path.join(args.records, f"{variant}-s{seed}.json")
             record = json.load(open(record_file)) if os.path.exists(record_file) else None
             if record is not None and record.get("configs") == fingerprint:
@@ -226,6 +227,7 @@ def main():
                 f.write("\n")
             os.replace(record_file + ".tmp", record_file)
             rows.setdefault(variant, []).append(record)
+    rows = {v: sorted(rows[v], key=lambda r: r["seed"]) for v in args.variants if v in rows}
     if not rows:
         raise SystemExit("study: no run to report (no record matches these configs; run without --report-only)")
 
@@ -269,8 +271,8 @@ def main():
                     f" ({(m - base_mean) / base_mean * 100:+.0f}%)"
                 cells.append(f"{m:.3f} +- {s:.3f}{rel}")
             lines.append(f"| {task} | {metric} | {chance} | " + " | ".join(cells) + " |")
-    # Cost. Runs of one seed ran one after another, so each seed's ratios against the baseline
-    # compare runs on one machine, even when seeds ran on different ones.
+    # Cost. The runs of one seed train one after another (above), so each seed's ratios against
+    # the baseline pair runs made close together, on one machine, even when seeds were not.
     base_runs = {r["seed"]: r for r in rows.get(base, [])}
     lines += ["", "Cost per variant: the training step time (mean over the audio stages' steps) and the peak "
               "resident memory of the training process; per seed, as a ratio against the same seed's "
