@@ -25,6 +25,12 @@ double nan() {
   return std::numeric_limits<double>::quiet_NaN();
 }
 
+// Exact match of `prediction` with any of the item's references.
+bool matches_a_reference(const std::string& prediction, const EvalItem& item) {
+  return std::any_of(item.references.begin(), item.references.end(),
+                     [&](const std::string& ref) { return answers_match(prediction, ref); });
+}
+
 double mean(const std::vector<uint8_t>& flags) {
   if (flags.empty()) return nan();
   int64_t sum = 0;
@@ -261,8 +267,7 @@ ModelResult evaluate(Pipeline& pipeline, const EvalPlan& plan, const EvalOptions
         ItemResult& r = result.items[i];
         if (!r.error.empty()) continue;
         r.prediction = answers[j].text;
-        r.correct = std::any_of(item.references.begin(), item.references.end(),
-                                [&](const std::string& ref) { return answers_match(r.prediction, ref); });
+        r.correct = matches_a_reference(r.prediction, item);
         const TaskSpec& spec = plan.tasks.at(item.task);
         if (options.score_classes && spec.kind != TaskKind::open && !spec.classes.empty())
           r.class_scores =
@@ -375,8 +380,8 @@ ModelResult majority_baseline(const EvalPlan& plan, const fs::path& train_manife
       continue;
     }
     const Count* best = nullptr;
-    for (const auto& entry : it->second) {
-      const Count& c = entry.second;
+    for (const auto& candidate : it->second) {
+      const Count& c = candidate.second;
       if (!best || c.n > best->n || (c.n == best->n && c.first < best->first)) best = &c;
     }
     answer[task] = best->spelling;
@@ -391,9 +396,7 @@ ModelResult majority_baseline(const EvalPlan& plan, const fs::path& train_manife
     const EvalItem& item = plan.items[i];
     ItemResult& r = result.items[i];
     r.prediction = answer.at(item.task);
-    r.correct = !r.prediction.empty() &&
-                std::any_of(item.references.begin(), item.references.end(),
-                            [&](const std::string& ref) { return answers_match(r.prediction, ref); });
+    r.correct = !r.prediction.empty() && matches_a_reference(r.prediction, item);
   }
   compute_metrics(plan, result);
   return result;
