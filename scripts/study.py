@@ -27,7 +27,7 @@ steps) and the peak resident memory of the training process.
 Every finished run leaves a record, docs/study/runs/<variant>-s<seed>.json (scores, step time,
 peak memory, and a fingerprint of the curriculum's configs, --steps and the demo data's
 manifests). A run whose record has the same fingerprint is not trained again, on this machine
-or on another clone: 18 trainings take about 5 hours on 2 cores, so the study may be done in
+or on another clone: 18 trainings take about 4.5 hours on 2 cores, so the study may be done in
 parts. Runs finished under runs/study with the same fingerprint are reused too.
 
   scripts/study.py --bin build/debian --report-only    # the table from the records alone
