@@ -4,7 +4,8 @@
 # identical data and curriculum (configs/demo/curriculum.yaml), 3 seeds each. Prints a
 # table of mean +- std per task with the relative change against prefix, plus step time
 # and peak memory per variant, and writes it to docs/study.md (scripts/study.py does the
-# work; see its --help). 18 trainings of 7-23 minutes each on 2 cores (one encoder: 7-10): about 4.5 hours.
+# work; see its --help). 18 trainings of 7-23 minutes each on 2 cores (one encoder: 7-10):
+# about 4.5 hours.
 #
 #   scripts/study.sh                                   everything (setup and data as demo.sh)
 #   scripts/study.sh --variants prefix probe --seeds 1 --steps 150    a quicker look
