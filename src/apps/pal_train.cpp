@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile)
       ->excludes(config_opt);
   app.add_option("--set", overrides, "override a config key: --set optim.lr=2e-4 (repeatable)");
-  app.add_flag("--print-config", print_config, "print the resolved stage config and exit");
+  app.add_flag("--print-config", print_config,
+               "print the resolved stage config (with --curriculum: every stage's) and exit");
   app.add_flag("--no-progress", no_progress, "log lines instead of a progress bar");
   app.add_option("--stop-after", options.stop_after_steps,
                  "stop (with a checkpoint) after N optimizer steps of this invocation")
@@ -64,8 +65,15 @@ int main(int argc, char** argv) {
         pal::set_log_level(pal::LogLevel::warn);
     }
     if (print_config) {
-      if (!curriculum_file.empty()) throw pal::ConfigError("--print-config works with --config");
-      std::fputs(pal::config::to_yaml(pal::train::load_stage_config(config_file, overrides)).c_str(), stdout);
+      if (curriculum_file.empty()) {
+        std::fputs(pal::config::to_yaml(pal::train::load_stage_config(config_file, overrides)).c_str(), stdout);
+        return 0;
+      }
+      // One YAML document per stage, as the curriculum would train it.
+      const auto stages = pal::train::load_curriculum(curriculum_file, overrides);
+      for (size_t i = 0; i < stages.size(); ++i)
+        std::printf("--- # stage %zu/%zu: %s\n%s", i + 1, stages.size(), stages[i].name.c_str(),
+                    pal::config::to_yaml(stages[i]).c_str());
       return 0;
     }
     pal::train::install_stop_signal_handlers();

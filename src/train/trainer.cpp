@@ -824,8 +824,7 @@ TrainResult Trainer::run() {
   return result;
 }
 
-TrainResult run_curriculum(const fs::path& curriculum_file, const std::vector<std::string>& overrides,
-                           const TrainOptions& options) {
+std::vector<StageConfig> load_curriculum(const fs::path& curriculum_file, const std::vector<std::string>& overrides) {
   const CurriculumConfig curriculum = config::load<CurriculumConfig>(curriculum_file);
   const fs::path base = fs::absolute(curriculum_file).parent_path();
   fs::path output_dir = (base / curriculum.output_dir).lexically_normal();
@@ -841,10 +840,9 @@ TrainResult run_curriculum(const fs::path& curriculum_file, const std::vector<st
   for (const auto& stage : curriculum.stages)
     if (!names.insert(stage.name).second)
       throw ConfigError(curriculum_file.string() + ": stages: the name '" + stage.name + "' is used twice");
-  TrainResult result;
+  std::vector<StageConfig> stages;
   fs::path previous;
-  for (size_t i = 0; i < curriculum.stages.size(); ++i) {
-    const CurriculumStageEntry& entry = curriculum.stages[i];
+  for (const CurriculumStageEntry& entry : curriculum.stages) {
     const fs::path file = fs::path(entry.config).is_absolute() ? fs::path(entry.config) : base / entry.config;
     // The stage's own file, then the curriculum's choices: its `set`, the chain of
     // stages (previous final checkpoint -> init_from), the entry's `set`, the command line.
@@ -854,13 +852,23 @@ TrainResult run_curriculum(const fs::path& curriculum_file, const std::vector<st
     if (!previous.empty()) all.push_back("init_from=" + previous.string());
     all.insert(all.end(), entry.set.begin(), entry.set.end());
     all.insert(all.end(), stage_overrides.begin(), stage_overrides.end());
-    StageConfig stage = load_stage_config(file, all);
-    log_info("curriculum ", curriculum_file.string(), ": stage ", i + 1, "/", curriculum.stages.size(), " '",
-             entry.name, "'");
-    Trainer trainer(stage, options);
+    stages.push_back(load_stage_config(file, all));
+    previous = output_dir / entry.name / "final";
+  }
+  return stages;
+}
+
+TrainResult run_curriculum(const fs::path& curriculum_file, const std::vector<std::string>& overrides,
+                           const TrainOptions& options) {
+  // Every stage's config is read and checked before the first one trains.
+  const std::vector<StageConfig> stages = load_curriculum(curriculum_file, overrides);
+  TrainResult result;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    log_info("curriculum ", curriculum_file.string(), ": stage ", i + 1, "/", stages.size(), " '", stages[i].name,
+             "'");
+    Trainer trainer(stages[i], options);
     result = trainer.run();
     if (!result.finished) return result;
-    previous = output_dir / entry.name / "final";
   }
   return result;
 }

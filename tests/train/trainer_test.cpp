@@ -432,10 +432,55 @@ TEST(Configs, ShippedCurriculaParse) {
   EXPECT_EQ(curricula, 6);
 }
 
+// A curriculum resolves every stage before any trains: the chain of init_from, the entry's
+// `set`, the command line's overrides (output_dir moves the whole run); a bad key in the
+// last stage stops the run before the first stage writes anything. `pal-train
+// --print-config` prints the same, one YAML document per stage.
+TEST(Configs, CurriculumResolvesEveryStageFirst) {
+  test::TempDir dir;
+  const auto curriculum = [&](const std::string& probe_set) {
+    return "output_dir: " + (dir / "unused").string() +
+           "\n"
+           "set: [threads=2]\n"
+           "stages:\n"
+           "  - {name: align, config: " + (kConfigs / "stage1_align.yaml").string() + "}\n"
+           "  - {name: probe, config: " + (kConfigs / "stage2_probe.yaml").string() + ", set: [" + probe_set + "]}\n"
+           "  - {name: instruct, config: " + (kConfigs / "stage3_instruct.yaml").string() + "}\n";
+  };
+  write_file_atomic(dir / "good.yaml", curriculum("steps=7"));
+  const fs::path out = dir / "run";
+  const auto stages = load_curriculum(dir / "good.yaml", {"output_dir=" + out.string(), "seed=5"});
+  ASSERT_EQ(stages.size(), 3u);
+  EXPECT_EQ(stages[0].name, "align");
+  EXPECT_EQ(fs::path(stages[0].output_dir), out / "align");
+  EXPECT_EQ(fs::path(stages[1].init_from), out / "align" / "final");
+  EXPECT_EQ(fs::path(stages[2].init_from), out / "probe" / "final");
+  EXPECT_EQ(stages[1].steps, 7);
+  EXPECT_NE(stages[0].steps, 7);
+  for (const auto& s : stages) EXPECT_EQ(s.seed, 5u) << s.name;
+  EXPECT_FALSE(fs::exists(out));  // resolving writes nothing
+
+  write_file_atomic(dir / "bad.yaml", curriculum("optim.lrr=1"));
+  try {
+    run_curriculum(dir / "bad.yaml", {"output_dir=" + out.string()});
+    ADD_FAILURE() << "a bad key in stage 2 was not reported";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("optim.lrr"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(out / "align")) << "stage 1 trained before stage 2's config was checked";
+
+  const auto r = test::run_command(kPalTrain + " --curriculum " + (dir / "good.yaml").string() + " --set output_dir=" +
+                                   out.string() + " --print-config");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("--- # stage 2/3: probe"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("init_from: " + (out / "align" / "final").string()), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+}
+
 // The demo's curriculum (scripts/demo.sh): every stage reads; the tone encoder (encoders.0)
 // is trained by `classify` in `tones` and by no later stage; the two main encoders are
 // pre-trained by `classify` before the LLM reads them, then frozen until instruct; the
-// audio stages average the loss over examples.
+// audio stages average the loss over examples; the model is the hybrid `pal`.
 TEST(Configs, DemoCurriculumPretrainsTheEncoders) {
   const fs::path dir = kConfigs.parent_path() / "demo";
   const auto c = config::load<CurriculumConfig>(dir / "curriculum.yaml");
@@ -466,6 +511,14 @@ TEST(Configs, DemoCurriculumPretrainsTheEncoders) {
     EXPECT_FALSE(trains("probe", p)) << p;
   }
   for (const char* lm : {"align", "probe", "instruct"}) EXPECT_EQ(stages[lm].objective, Objective::lm) << lm;
+  // Every stage builds PAL's hybrid: one summary token per encoder as a prefix, the full
+  // sequences through the probes (scripts/study.py turns the summary tokens off elsewhere).
+  for (const auto& [name, s] : stages) {
+    EXPECT_EQ(config::enum_name(s.model.fusion.mode), "pal") << name;
+    ASSERT_EQ(s.model.ensemble.streams.size(), s.model.encoders.size()) << name;
+    for (const auto& stream : s.model.ensemble.streams) EXPECT_TRUE(stream.summary_token) << name;
+    EXPECT_EQ(config::enum_name(s.model.ensemble.summary_route), "prefix") << name;
+  }
   // Each answer weighs the same in the audio stages: a one-word answer as much as a caption.
   for (const char* audio : {"align", "probe", "instruct"})
     EXPECT_EQ(stages[audio].loss_mean, LossMean::examples) << audio;

@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "pal/train/distributed.h"
 #include "pal/train/stage_config.h"
@@ -92,7 +93,12 @@ void clear_stop_request();
 // Whether a stage is finished: its output_dir holds final/ with "finished": true.
 bool stage_finished(const std::filesystem::path& output_dir);
 
-// Runs the curriculum's stages in order; a finished stage is skipped, an unfinished one
+// The curriculum's stages, each config resolved as run_curriculum trains it (paths
+// absolute, the chain's init_from and every override applied); checked, nothing loaded.
+std::vector<StageConfig> load_curriculum(const std::filesystem::path& curriculum_file,
+                                         const std::vector<std::string>& overrides);
+
+// Runs the curriculum's stages in order (every stage's config is checked first); a finished stage is skipped, an unfinished one
 // resumed. Stage i writes to output_dir/<name> and starts from stage i-1's final
 // checkpoint (init_from). Overrides, later ones winning: the curriculum's `set`, the
 // stage chain, the entry's `set`, then `overrides` (where `output_dir=X` moves the whole
