@@ -25,8 +25,9 @@ steps) and the peak resident memory of the training process.
   scripts/study.py ... --variants prefix probe --seeds 1 --steps 150    # a quicker look
 
 Every finished run leaves a record, docs/study/runs/<variant>-s<seed>.json (scores, step time,
-peak memory, and a fingerprint of the curriculum's configs, --steps and the demo data's
-manifests). A run whose record has the same fingerprint is not trained again, on this machine
+peak memory, and a fingerprint of what the variant trains with: the curriculum's stage configs
+as resolved for it, --steps and the demo data's manifests; see fingerprint()). A run whose
+record has the same fingerprint is not trained again, on this machine
 or on another clone: 18 trainings take about 4.5 hours on 2 cores, so the study may be done in
 parts. Runs finished under runs/study with the same fingerprint are reused too.
 
@@ -48,14 +49,19 @@ ENCODERS = {
     "ast": "{type: ast, checkpoint: encoders/ast, weights: random}",
 }
 
+# The demo's curriculum trains `pal` (summary tokens of every encoder's stream as a prefix);
+# the other variants set their mode and turn the summary tokens off.
+NO_SUMMARY = "model.ensemble.streams=[]"
+PAL = ["model.fusion.mode=pal", "model.ensemble.summary_route=prefix",
+       "model.ensemble.streams=[{summary_token: true}, {summary_token: true}, {summary_token: true}]"]
 VARIANTS = {
-    "prefix": ["model.fusion.mode=prefix"],
-    "delayed": ["model.fusion.mode=delayed"],
-    "probe": ["model.fusion.mode=probe"],
-    "pal": ["model.fusion.mode=pal", "model.ensemble.summary_route=prefix",
-            "model.ensemble.streams=[{summary_token: true}, {summary_token: true}, {summary_token: true}]"],
-    "probe-whisper": ["model.fusion.mode=probe", f"model.encoders=[{ENCODERS['tones']}, {ENCODERS['whisper']}]"],
-    "probe-ast": ["model.fusion.mode=probe", f"model.encoders=[{ENCODERS['tones']}, {ENCODERS['ast']}]"],
+    "prefix": ["model.fusion.mode=prefix", NO_SUMMARY],
+    "delayed": ["model.fusion.mode=delayed", NO_SUMMARY],
+    "probe": ["model.fusion.mode=probe", NO_SUMMARY],
+    "pal": PAL,
+    "probe-whisper": ["model.fusion.mode=probe", NO_SUMMARY,
+                      f"model.encoders=[{ENCODERS['tones']}, {ENCODERS['whisper']}]"],
+    "probe-ast": ["model.fusion.mode=probe", NO_SUMMARY, f"model.encoders=[{ENCODERS['tones']}, {ENCODERS['ast']}]"],
 }
 AUDIO_STAGES = ("align", "probe", "instruct")
 
@@ -153,6 +159,41 @@ def mean_std(values):
     return m, s
 
 
+def fingerprint(args, variant):
+    """What a run of `variant` trains with, as a digest: every stage's config as the
+    curriculum resolves it (pal-train --print-config with the variant's overrides; the
+    repository's folder, the output folder and the seed written the same for every clone
+    and run), the files the configs point to in the curriculum's folder (model configs),
+    --steps, and the manifests that training and evaluation read. A record is reused only
+    while its digest matches; an edit of the configs that leaves a variant's training as
+    it was (a comment, a default written out) leaves its records valid."""
+    cmd = [os.path.join(args.bin, "pal-train"), "--curriculum", args.curriculum, "--print-config",
+           "--set", "output_dir=/study-run", "--set", "seed=0", "--set", "threads=2"]
+    for s in VARIANTS[variant]:
+        cmd += ["--set", s]
+    if args.steps:
+        cmd += ["--set", f"steps={args.steps}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"study: the curriculum does not resolve for {variant}: {res.stderr.strip()}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256(str(args.steps).encode() + b"\0" + res.stdout.replace(root, "<repo>").encode())
+    folder = os.path.dirname(os.path.abspath(args.curriculum))
+    for base_dir, dirs, files in sorted(os.walk(folder)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".yaml"):  # stage configs and curricula: in the resolved text above
+                continue
+            path = os.path.join(base_dir, name)
+            digest.update(os.path.relpath(path, folder).encode() + b"\0" + open(path, "rb").read())
+    data_dir = os.path.dirname(os.path.abspath(args.manifest))
+    for name in ("train.jsonl", "train_spoken.jsonl", "valid.jsonl", os.path.basename(args.manifest)):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            digest.update(name.encode() + b"\0" + open(path, "rb").read())
+    return digest.hexdigest()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True, help="build folder with pal-train and pal-eval")
@@ -172,22 +213,7 @@ def main():
                     help="train nothing: the table from the records that match the configs")
     args = ap.parse_args()
 
-    # A finished run is reused only when the curriculum's folder (stage configs, model configs)
-    # and --steps are what it was trained with.
-    digest = hashlib.sha256(str(args.steps).encode())
-    folder = os.path.dirname(os.path.abspath(args.curriculum))
-    for base_dir, dirs, files in sorted(os.walk(folder)):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(base_dir, name)
-            digest.update(os.path.relpath(path, folder).encode() + b"\0" + open(path, "rb").read())
-    # ... and the data: the manifests that training and evaluation read.
-    data_dir = os.path.dirname(os.path.abspath(args.manifest))
-    for name in ("train.jsonl", "train_spoken.jsonl", "valid.jsonl", os.path.basename(args.manifest)):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            digest.update(name.encode() + b"\0" + open(path, "rb").read())
-    fingerprint = digest.hexdigest()
+    fingerprints = {v: fingerprint(args, v) for v in args.variants}
 
     rows = {}  # variant -> list of per-seed dicts
     # Seed by seed, so that the runs a seed's cost ratios pair ran close together in time.
@@ -195,7 +221,8 @@ def main():
         for variant in args.variants:
             record_file = os.path.join(args.records, f"{variant}-s{seed}.json")
             record = json.load(open(record_file)) if os.path.exists(record_file) else None
-            if record is not None and record.get("configs") == fingerprint:
+            digest = fingerprints[variant]
+            if record is not None and record.get("configs") == digest:
                 log(f"{variant} seed {seed}: recorded before ({record_file})")
                 rows.setdefault(variant, []).append(record)
                 continue
@@ -206,7 +233,7 @@ def main():
             done = os.path.exists(os.path.join(out_dir, "instruct", "final", "model.yaml"))
             info_file = os.path.join(out_dir, "train_info.json")
             info = json.load(open(info_file)) if done and os.path.exists(info_file) else None
-            if info is not None and info.get("configs") == fingerprint:
+            if info is not None and info.get("configs") == digest:
                 log(f"{variant} seed {seed}: trained before ({out_dir})")
             else:
                 if os.path.exists(out_dir):  # another curriculum, step count or an unfinished run
@@ -215,11 +242,11 @@ def main():
                     shutil.rmtree(out_dir)
                 log(f"{variant} seed {seed}: training -> {out_dir}")
                 info = train(args, variant, seed, out_dir)
-                info["configs"] = fingerprint
+                info["configs"] = digest
                 json.dump(info, open(info_file, "w"))
                 log(f"{variant} seed {seed}: trained in {info['wall_s']:.0f} s, peak {info['peak_mib']:.0f} MiB")
             metrics = task_metrics(evaluate(args, variant, seed, out_dir))
-            record = {"variant": variant, "seed": seed, "configs": fingerprint, "metrics": metrics,
+            record = {"variant": variant, "seed": seed, "configs": digest, "metrics": metrics,
                       "step_s": step_time(out_dir), "peak_mib": info["peak_mib"], "wall_s": info["wall_s"]}
             os.makedirs(args.records, exist_ok=True)
             with open(record_file + ".tmp", "w") as f:
