@@ -98,12 +98,12 @@ bool stage_finished(const std::filesystem::path& output_dir);
 std::vector<StageConfig> load_curriculum(const std::filesystem::path& curriculum_file,
                                          const std::vector<std::string>& overrides);
 
-// Runs the curriculum's stages in order (every stage's config is checked first); a finished stage is skipped, an unfinished one
-// resumed. Stage i writes to output_dir/<name> and starts from stage i-1's final
-// checkpoint (init_from). Overrides, later ones winning: the curriculum's `set`, the
-// stage chain, the entry's `set`, then `overrides` (where `output_dir=X` moves the whole
-// curriculum to X). Returns the last stage's result (or
-// the interrupted one's).
+// Runs the curriculum's stages in order (every stage's config is checked first); a
+// finished stage is skipped, an unfinished one resumed. Stage i writes to
+// output_dir/<name> and starts from stage i-1's final checkpoint (init_from). Overrides,
+// later ones winning: the curriculum's `set`, the stage chain, the entry's `set`, then
+// `overrides` (where `output_dir=X` moves the whole curriculum to X). Returns the last
+// stage's result (or the interrupted one's).
 TrainResult run_curriculum(const std::filesystem::path& curriculum_file, const std::vector<std::string>& overrides,
                            const TrainOptions& options = {});
 
