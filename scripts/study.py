@@ -159,14 +159,34 @@ def mean_std(values):
     return m, s
 
 
-def fingerprint(args, variant):
+def shared_inputs(args):
+    """The fingerprint's part that is the same for every variant, as byte strings: the files
+    the configs point to in the curriculum's folder (model configs) and the manifests that
+    training and evaluation read. Read once per study."""
+    chunks = []
+    folder = os.path.dirname(os.path.abspath(args.curriculum))
+    for base_dir, dirs, files in sorted(os.walk(folder)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".yaml"):  # stage configs and curricula: in the resolved text
+                continue
+            path = os.path.join(base_dir, name)
+            chunks.append(os.path.relpath(path, folder).encode() + b"\0" + open(path, "rb").read())
+    data_dir = os.path.dirname(os.path.abspath(args.manifest))
+    for name in ("train.jsonl", "train_spoken.jsonl", "valid.jsonl", os.path.basename(args.manifest)):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            chunks.append(name.encode() + b"\0" + open(path, "rb").read())
+    return chunks
+
+
+def fingerprint(args, variant, shared):
     """What a run of `variant` trains with, as a digest: every stage's config as the
     curriculum resolves it (pal-train --print-config with the variant's overrides; the
     repository's folder, the output folder and the seed written the same for every clone
-    and run), the files the configs point to in the curriculum's folder (model configs),
-    --steps, and the manifests that training and evaluation read. A record is reused only
-    while its digest matches; an edit of the configs that leaves a variant's training as
-    it was (a comment, a default written out) leaves its records valid."""
+    and run), --steps, and `shared` (shared_inputs: model configs, manifests). A record is
+    reused only while its digest matches; an edit of the configs that leaves a variant's
+    training as it was (a comment, a default written out) leaves its records valid."""
     cmd = [os.path.join(args.bin, "pal-train"), "--curriculum", args.curriculum, "--print-config",
            "--set", "output_dir=/study-run", "--set", "seed=0", "--set", "threads=2"]
     for s in VARIANTS[variant]:
@@ -178,19 +198,8 @@ def fingerprint(args, variant):
         raise SystemExit(f"study: the curriculum does not resolve for {variant}: {res.stderr.strip()}")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     digest = hashlib.sha256(str(args.steps).encode() + b"\0" + res.stdout.replace(root, "<repo>").encode())
-    folder = os.path.dirname(os.path.abspath(args.curriculum))
-    for base_dir, dirs, files in sorted(os.walk(folder)):
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(".yaml"):  # stage configs and curricula: in the resolved text above
-                continue
-            path = os.path.join(base_dir, name)
-            digest.update(os.path.relpath(path, folder).encode() + b"\0" + open(path, "rb").read())
-    data_dir = os.path.dirname(os.path.abspath(args.manifest))
-    for name in ("train.jsonl", "train_spoken.jsonl", "valid.jsonl", os.path.basename(args.manifest)):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            digest.update(name.encode() + b"\0" + open(path, "rb").read())
+    for chunk in shared:
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -213,7 +222,8 @@ def main():
                     help="train nothing: the table from the records that match the configs")
     args = ap.parse_args()
 
-    fingerprints = {v: fingerprint(args, v) for v in args.variants}
+    shared = shared_inputs(args)
+    fingerprints = {v: fingerprint(args, v, shared) for v in args.variants}
 
     rows = {}  # variant -> list of per-seed dicts
     # Seed by seed, so that the runs a seed's cost ratios pair ran close together in time.
