@@ -206,7 +206,7 @@ def fingerprint(args, variant, shared):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True, help="build folder with pal-train and pal-eval")
-    ap.add_argument("--curriculum", default="configs/demo/curriculum.yaml")
+    ap.add_argument("--curriculum", default="configs/demo/study.yaml")
     ap.add_argument("--manifest", default="data/demo/test.jsonl")
     ap.add_argument("--tasks", default="data/demo/stats.json")
     ap.add_argument("--out", default="runs/study")
