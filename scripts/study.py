@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The paper's comparison in miniature, on the demo data (scripts/study.sh runs it).
 
-Every variant trains through the same curriculum (configs/demo/curriculum.yaml) on the
+Every variant trains through the same curriculum (configs/demo/study.yaml: the demo's stages,
+encoders, align and probe at 600 steps instead of the demo's 300 / 400 / 400) on the
 same data with the same seeds; only the fusion design or the encoder set changes:
 
   prefix          audio tokens in front of the text (the LLaVA-style baseline)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's comparison in miniature on the demo data: prefix, delayed, probe, pal, and
 # the probe with one encoder (Whisper-type or AST-type) against the two-encoder ensemble;
-# identical data and curriculum (configs/demo/curriculum.yaml), 3 seeds each. Prints a
+# identical data and curriculum (configs/demo/study.yaml: the demo's stages, longer), 3 seeds each. Prints a
 # table of mean +- std per task with the relative change against prefix, plus step time
 # and peak memory per variant, and writes it to docs/study.md (scripts/study.py does the
 # work; see its --help). 18 trainings of 7-23 minutes each on 2 cores (one encoder: 7-10):

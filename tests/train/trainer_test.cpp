@@ -524,5 +524,31 @@ TEST(Configs, DemoCurriculumPretrainsTheEncoders) {
     EXPECT_EQ(stages[audio].loss_mean, LossMean::examples) << audio;
 }
 
+// The study (scripts/study.sh) trains the demo's stages at a longer schedule: its curriculum
+// may differ from the demo's in the step counts (and the evaluation interval) alone.
+TEST(Configs, StudyCurriculumIsTheDemosAtALongerSchedule) {
+  const fs::path dir = kConfigs.parent_path() / "demo";
+  const std::vector<std::string> out = {"output_dir=/run"};
+  std::vector<StageConfig> demo, study;
+  ASSERT_NO_THROW(demo = load_curriculum(dir / "curriculum.yaml", out));
+  ASSERT_NO_THROW(study = load_curriculum(dir / "study.yaml", out));
+  ASSERT_EQ(study.size(), demo.size());
+  int64_t demo_steps = 0, study_steps = 0;
+  for (size_t i = 0; i < demo.size(); ++i) {
+    EXPECT_GE(study[i].steps, demo[i].steps) << study[i].name;
+    demo_steps += demo[i].steps;
+    study_steps += study[i].steps;
+    StageConfig same = study[i];
+    same.steps = demo[i].steps;
+    same.eval.every = demo[i].eval.every;
+    EXPECT_EQ(config::to_yaml(same), config::to_yaml(demo[i])) << study[i].name;
+  }
+  EXPECT_GT(study_steps, demo_steps);
+  EXPECT_EQ(study[2].name, "encoders");
+  EXPECT_EQ(study[2].steps, 600);
+  EXPECT_EQ(study[3].steps, 600);
+  EXPECT_EQ(study[4].steps, 600);
+}
+
 }  // namespace
 }  // namespace pal::train
