@@ -3,7 +3,7 @@
 # demo's audio question-answering set from Debian's audio packages, train a small PAL model
 # from scratch through the curriculum (text, align, probe, instruct), score it on the
 # held-out test split with pal-eval, and answer a question about one real test clip with
-# pal-infer. Training takes about 19 minutes on 2 cores, plus the first build.
+# pal-infer. Training takes about 13 minutes on 2 cores, plus the first build (about 8).
 #
 #   scripts/demo.sh                  everything; run it again and finished steps are skipped
 #   scripts/demo.sh --fresh          retrain (remove runs/demo first; the data is kept)
