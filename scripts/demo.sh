@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone on Debian 12 (as root): install and build PAL, make the
 # demo's audio question-answering set from Debian's audio packages, train a small PAL model
-# from scratch through the curriculum (text, align, probe, instruct), score it on the
-# held-out test split with pal-eval, and answer a question about one real test clip with
-# pal-infer. Training takes about 13 minutes on 2 cores, plus the first build (about 8).
+# from scratch through the curriculum (text, tones, encoders, align, probe, instruct),
+# score it on the held-out test split with pal-eval, and answer a question about one real
+# test clip with pal-infer. About 22 minutes on 2 cores: training 13, the first build 8.
 #
 #   scripts/demo.sh                  everything; run it again and finished steps are skipped
 #   scripts/demo.sh --fresh          retrain (remove runs/demo first; the data is kept)
